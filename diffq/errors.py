@@ -1,0 +1,60 @@
+"""The service's error hierarchy: a stable ``type``, an HTTP status, and whether to retry.
+
+Raised anywhere; turned into ``{"error": {"type", "message", "details"}}`` by one handler in
+the gateway. Workers store ``type`` and ``message`` on failed jobs, never a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ServiceError(Exception):
+    type: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, details: Any = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+class ValidationFailed(ServiceError):
+    type = "validation_error"
+    status = 422
+
+
+class NotFound(ServiceError):
+    type = "not_found"
+    status = 404
+
+
+class Conflict(ServiceError):
+    type = "conflict"
+    status = 409
+
+
+class PayloadTooLarge(ServiceError):
+    type = "payload_too_large"
+    status = 413
+
+
+class Unavailable(ServiceError):
+    type = "unavailable"
+    status = 503
+    retryable = True
+
+
+class JobFailed(ServiceError):
+    """A job's own failure (stored on the job, not raised to HTTP clients)."""
+
+    type = "job_failed"
+    status = 500

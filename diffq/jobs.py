@@ -1,0 +1,170 @@
+"""Jobs as data: the request a worker runs, the record the service keeps, and its state machine.
+
+Pure: no Redis, HTTP or model here. ``diffq.queue`` persists records; the gateway and workers
+change them only through ``transition``, which checks the one table of allowed moves.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+SEED_MAX = 2**63 - 1
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
+ACTIVE = frozenset({Status.QUEUED, Status.RUNNING})
+
+# Every allowed move. running -> queued is a reclaim: a worker died and the job goes back.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED, Status.EXPIRED, Status.FAILED}),
+    Status.RUNNING: frozenset(
+        {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED, Status.QUEUED}
+    ),
+    Status.SUCCEEDED: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.CANCELLED: frozenset(),
+    Status.EXPIRED: frozenset(),
+}
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+def sources_of(target: Status) -> frozenset[Status]:
+    """The statuses from which ``target`` may be reached (what the store checks atomically)."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+def new_job_id() -> str:
+    """A random 128-bit id, hex."""
+    return secrets.token_hex(16)
+
+
+def new_seed() -> int:
+    return secrets.randbelow(SEED_MAX + 1)
+
+
+def image_seed(job_seed: int, index: int) -> int:
+    """The seed of a job's ``index``-th image: consecutive, wrapping within 0..2^63-1."""
+    return (job_seed + index) % (SEED_MAX + 1)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated, fully resolved request: every default filled, the seed drawn."""
+
+    model: str
+    class_label: int | None
+    num_images: int
+    steps: int
+    sampler: str
+    guidance_scale: float
+    seed: int
+
+    @property
+    def guided(self) -> bool:
+        return self.class_label is not None and self.guidance_scale not in (0.0, 1.0)
+
+    @property
+    def rows_per_step(self) -> int:
+        """Denoiser rows this job occupies per step (guidance doubles them)."""
+        return self.num_images * (2 if self.guided else 1)
+
+    @property
+    def evaluations(self) -> int:
+        """Denoiser row-evaluations for the whole job: the unit of queued work."""
+        return self.rows_per_step * self.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "class_label": self.class_label,
+            "num_images": self.num_images,
+            "steps": self.steps,
+            "sampler": self.sampler,
+            "guidance_scale": self.guidance_scale,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobRequest:
+        return cls(
+            model=str(d["model"]),
+            class_label=None if d["class_label"] is None else int(d["class_label"]),
+            num_images=int(d["num_images"]),
+            steps=int(d["steps"]),
+            sampler=str(d["sampler"]),
+            guidance_scale=float(d["guidance_scale"]),
+            seed=int(d["seed"]),
+        )
+
+
+@dataclass(frozen=True)
+class JobError:
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """The record of one job. Times are unix seconds (float)."""
+
+    id: str
+    request: JobRequest
+    status: Status
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    step: int = 0
+    attempts: int = 0
+    worker: str | None = None
+    error: JobError | None = None
+    image_count: int = 0
+    entry_id: str | None = None  # the job's stream entry, for its queue position
+    cancel_requested: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def queue_seconds(self) -> float | None:
+        return None if self.started_at is None else self.started_at - self.created_at
+
+    @property
+    def run_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @property
+    def total_seconds(self) -> float | None:
+        return None if self.finished_at is None else self.finished_at - self.created_at
+
+
+def transition(job: Job, target: Status, now: float, **changes: Any) -> Job:
+    """``job`` moved to ``target``; raises ``InvalidTransition`` if the table forbids it."""
+    if target not in TRANSITIONS[job.status]:
+        raise InvalidTransition(f"job {job.id}: {job.status} -> {target} is not allowed")
+    updates: dict[str, Any] = {"status": target, **changes}
+    if target == Status.RUNNING:
+        updates.setdefault("started_at", now)
+        updates["attempts"] = job.attempts + 1
+    elif target == Status.QUEUED:
+        updates.update(started_at=None, step=0, worker=None)
+    elif target in TERMINAL:
+        updates["finished_at"] = now
+    return replace(job, **updates)

@@ -1,0 +1,306 @@
+"""Redis persistence: job records, the per-model stream queue, results and worker heartbeats.
+
+The only module that talks to Redis. Layout (``<p>`` is the key prefix):
+
+- ``<p>:job:<id>``         hash: the job record (request JSON, status, times, progress, ...)
+- ``<p>:job:<id>:images``  hash: image index -> PNG bytes
+- ``<p>:queue:<model>``    stream of job ids, one consumer group ``workers`` per model
+- ``<p>:workers:<model>``  sorted set: worker id -> last heartbeat (unix seconds)
+
+Status changes are compare-and-set on the status the caller read, so a worker finishing a job
+and a client cancelling it cannot both win. Records expire ``ttl`` seconds after their last
+status change.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.exceptions import ResponseError
+
+from diffq.errors import Unavailable
+from diffq.jobs import Job, JobError, JobRequest, Status
+
+GROUP = "workers"
+
+# Create the record, enqueue its id and remember the stream entry, in one step.
+_SUBMIT = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
+redis.call('HSET', KEYS[1], 'entry', entry)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return entry
+"""
+
+# Compare-and-set the status; extra ARGV pairs are fields to set, '' values are deleted.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return false end
+if cur ~= ARGV[1] then return cur end
+redis.call('HSET', KEYS[1], 'status', ARGV[2])
+for i = 4, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+return 'OK'
+"""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job handed to a worker by the stream, with the entry to ack when done."""
+
+    entry_id: str
+    job_id: str
+
+
+class RedisStore:
+    def __init__(
+        self, url: str, prefix: str = "diffq", ttl_seconds: int = 3600, timeout: float = 2.0
+    ) -> None:
+        self.prefix = prefix
+        self.ttl = int(ttl_seconds)
+        # Typed as Any: redis-py's stubs type replies as unions of every RESP type.
+        self._r: Any = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
+        )
+        self._submit = self._r.register_script(_SUBMIT)
+        self._transition = self._r.register_script(_TRANSITION)
+
+    # keys -------------------------------------------------------------------------------
+    def _job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def _images(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:images"
+
+    def _queue(self, model: str) -> str:
+        return f"{self.prefix}:queue:{model}"
+
+    def _workers(self, model: str) -> str:
+        return f"{self.prefix}:workers:{model}"
+
+    # health -----------------------------------------------------------------------------
+    def ping(self) -> bool:
+        try:
+            return bool(self._r.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        self._r.close()
+
+    # jobs -------------------------------------------------------------------------------
+    def submit(self, job: Job) -> str:
+        """Persist a new queued job and enqueue it; returns its stream entry id."""
+        fields = _encode(job)
+        args: list[Any] = [job.id, self.ttl]
+        for k, v in fields.items():
+            args += [k, v]
+        with _unavailable():
+            entry = self._submit(keys=[self._job(job.id), self._queue(job.request.model)], args=args)
+        return _s(entry)
+
+    def get(self, job_id: str) -> Job | None:
+        with _unavailable():
+            raw = self._r.hgetall(self._job(job_id))
+        return _decode(job_id, raw) if raw else None
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        with _unavailable():
+            pipe = self._r.pipeline(transaction=False)
+            for j in job_ids:
+                pipe.hgetall(self._job(j))
+            raws = pipe.execute()
+        return [_decode(j, raw) if raw else None for j, raw in zip(job_ids, raws, strict=True)]
+
+    def save_transition(self, before: Job, after: Job) -> Status | None:
+        """Write ``after`` if the stored status is still ``before.status``.
+
+        Returns None on success, else the status found (or raises KeyError if the job is gone).
+        """
+        changed = _encode(after)
+        old = _encode(before)
+        args: list[Any] = [before.status.value, after.status.value, self.ttl]
+        for k in _MUTABLE_FIELDS:
+            if changed.get(k, "") != old.get(k, ""):
+                args += [k, changed.get(k, "")]
+        with _unavailable():
+            res = self._transition(keys=[self._job(after.id), self._images(after.id)], args=args)
+        if res is None:
+            raise KeyError(after.id)
+        return None if _s(res) == "OK" else Status(_s(res))
+
+    def set_progress(self, steps: dict[str, int]) -> None:
+        """Record each running job's step (one round trip for the whole batch)."""
+        pipe = self._r.pipeline(transaction=False)
+        for job_id, step in steps.items():
+            pipe.hset(self._job(job_id), "step", step)
+        pipe.execute()
+
+    def request_cancel(self, job_id: str) -> None:
+        with _unavailable():
+            self._r.hset(self._job(job_id), "cancel", "1")
+
+    def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        pipe = self._r.pipeline(transaction=False)
+        for j in job_ids:
+            pipe.hget(self._job(j), "cancel")
+        return {j for j, flag in zip(job_ids, pipe.execute(), strict=True) if flag}
+
+    # results ----------------------------------------------------------------------------
+    def put_images(self, job_id: str, pngs: Sequence[bytes]) -> None:
+        key = self._images(job_id)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.hset(key, mapping={str(i): png for i, png in enumerate(pngs)})
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def get_image(self, job_id: str, index: int) -> bytes | None:
+        with _unavailable():
+            data = self._r.hget(self._images(job_id), str(index))
+        return bytes(data) if data is not None else None
+
+    def delete_images(self, job_id: str) -> None:
+        self._r.delete(self._images(job_id))
+
+    # queue ------------------------------------------------------------------------------
+    def ensure_group(self, model: str) -> None:
+        try:
+            self._r.xgroup_create(self._queue(model), GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def claim(self, model: str, consumer: str, count: int, block_ms: int | None) -> list[Claimed]:
+        """Up to ``count`` new entries for this consumer; blocks up to ``block_ms`` if given."""
+        if count <= 0:
+            return []
+        res = self._r.xreadgroup(GROUP, consumer, {self._queue(model): ">"}, count=count, block=block_ms)
+        out = []
+        for _stream, entries in res or []:
+            for entry_id, fields in entries:
+                out.append(Claimed(_s(entry_id), _s(fields[b"job"])))
+        return out
+
+    def ack(self, model: str, entry_ids: Sequence[str]) -> None:
+        if not entry_ids:
+            return
+        pipe = self._r.pipeline(transaction=True)
+        pipe.xack(self._queue(model), GROUP, *entry_ids)
+        pipe.xdel(self._queue(model), *entry_ids)
+        pipe.execute()
+
+    def renew(self, model: str, consumer: str, entry_ids: Sequence[str]) -> None:
+        """Reset the idle time of entries this consumer holds: its lease on them."""
+        if entry_ids:
+            self._r.xclaim(self._queue(model), GROUP, consumer, 0, list(entry_ids), justid=True)
+
+    def reclaim(self, model: str, consumer: str, min_idle_ms: int, count: int = 64) -> list[Claimed]:
+        """Take over entries idle for ``min_idle_ms`` (their worker died or hung)."""
+        res = self._r.xautoclaim(self._queue(model), GROUP, consumer, min_idle_ms, "0-0", count=count)
+        entries = res[1] if len(res) > 1 else []
+        return [Claimed(_s(eid), _s(fields[b"job"])) for eid, fields in entries if fields]
+
+    def queue_position(self, model: str, entry_id: str, limit: int = 10_000) -> int | None:
+        """1-based position among entries not yet handed to a worker; None once handed out."""
+        with _unavailable():
+            groups = self._r.xinfo_groups(self._queue(model))
+            last = next((_s(g["last-delivered-id"]) for g in groups if _s(g["name"]) == GROUP), "0-0")
+            if _entry_key(entry_id) <= _entry_key(last):
+                return None
+            return len(self._r.xrange(self._queue(model), f"({last}", entry_id, count=limit))
+
+    def queue_depth(self, model: str) -> int:
+        """Entries waiting for a worker (not yet delivered)."""
+        with _unavailable():
+            try:
+                groups = self._r.xinfo_groups(self._queue(model))
+            except ResponseError:
+                return 0
+        for g in groups:
+            if _s(g["name"]) == GROUP:
+                return int(g.get("lag") or 0)
+        return 0
+
+    # workers ----------------------------------------------------------------------------
+    def heartbeat(self, model: str, worker_id: str, now: float | None = None) -> None:
+        self._r.zadd(self._workers(model), {worker_id: now if now is not None else time.time()})
+
+    def remove_worker(self, model: str, worker_id: str) -> None:
+        self._r.zrem(self._workers(model), worker_id)
+
+    def live_workers(self, model: str, within_seconds: float, now: float | None = None) -> int:
+        now = now if now is not None else time.time()
+        with _unavailable():
+            return int(self._r.zcount(self._workers(model), now - within_seconds, "+inf"))
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    """Redis trouble becomes the service's 503, never a hang or a 500."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        raise Unavailable("the job store is unavailable; retry shortly", retry_after=1) from e
+
+
+_MUTABLE_FIELDS = ("started_at", "finished_at", "step", "attempts", "worker", "error", "image_count")
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _encode(job: Job) -> dict[str, str]:
+    d: dict[str, str] = {
+        "request": json.dumps(job.request.to_dict()),
+        "status": job.status.value,
+        "created_at": repr(job.created_at),
+        "step": str(job.step),
+        "attempts": str(job.attempts),
+        "image_count": str(job.image_count),
+    }
+    if job.started_at is not None:
+        d["started_at"] = repr(job.started_at)
+    if job.finished_at is not None:
+        d["finished_at"] = repr(job.finished_at)
+    if job.worker is not None:
+        d["worker"] = job.worker
+    if job.error is not None:
+        d["error"] = json.dumps({"type": job.error.type, "message": job.error.message})
+    return d
+
+
+def _decode(job_id: str, raw: dict[bytes, bytes]) -> Job:
+    f = {_s(k): _s(v) for k, v in raw.items()}
+    err = json.loads(f["error"]) if "error" in f else None
+    return Job(
+        id=job_id,
+        request=JobRequest.from_dict(json.loads(f["request"])),
+        status=Status(f["status"]),
+        created_at=float(f["created_at"]),
+        started_at=float(f["started_at"]) if "started_at" in f else None,
+        finished_at=float(f["finished_at"]) if "finished_at" in f else None,
+        step=int(f.get("step", 0)),
+        attempts=int(f.get("attempts", 0)),
+        worker=f.get("worker"),
+        error=JobError(err["type"], err["message"]) if err else None,
+        image_count=int(f.get("image_count", 0)),
+        entry_id=f.get("entry"),
+        cancel_requested=f.get("cancel") == "1",
+    )

@@ -1,0 +1,95 @@
+"""The model store: finds manifests on disk and hands out verified model files.
+
+Layout: ``<root>/<name>/<version>/manifest.json`` beside the file the manifest names. Loading
+checks the file's sha256 against the manifest and refuses paths that leave the version dir.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from model_store.manifest import MANIFEST_NAME, Manifest, sha256_file
+
+DEFAULT_ROOT = Path(__file__).resolve().parent
+
+
+class ModelStoreError(Exception):
+    """A model is missing, malformed or fails verification."""
+
+
+class ChecksumMismatch(ModelStoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    manifest: Manifest
+    directory: Path
+
+    @property
+    def path(self) -> Path:
+        """The model file, guaranteed to sit inside the version directory."""
+        path = (self.directory / self.manifest.file).resolve()
+        if not path.is_relative_to(self.directory.resolve()) or path.parent != self.directory.resolve():
+            raise ModelStoreError(
+                f"{self.manifest.ref}: model file {self.manifest.file!r} escapes its directory"
+            )
+        return path
+
+    def verify(self) -> Path:
+        """The model file's path after checking it exists and matches the manifest's sha256."""
+        path = self.path
+        if not path.is_file():
+            raise ModelStoreError(f"{self.manifest.ref}: model file {path} is missing")
+        actual = sha256_file(path)
+        if actual != self.manifest.sha256:
+            raise ChecksumMismatch(
+                f"{self.manifest.ref}: checksum mismatch for {path.name}: manifest says "
+                f"{self.manifest.sha256}, file has {actual}; the file is corrupt or was replaced"
+            )
+        return path
+
+
+def read_manifest(directory: Path) -> StoredModel:
+    """Parse and validate ``directory/manifest.json``."""
+    file = directory / MANIFEST_NAME
+    try:
+        manifest = Manifest.model_validate(json.loads(file.read_text()))
+    except FileNotFoundError as e:
+        raise ModelStoreError(f"no manifest at {file}") from e
+    except (json.JSONDecodeError, ValidationError) as e:
+        raise ModelStoreError(f"invalid manifest {file}: {e}") from e
+    if (directory.parent.name, directory.name) != (manifest.name, manifest.version):
+        raise ModelStoreError(
+            f"{file}: manifest names {manifest.ref} but lives in {directory.parent.name}/{directory.name}"
+        )
+    return StoredModel(manifest, directory)
+
+
+class ModelStore:
+    """Read-only view of the models under ``root``."""
+
+    def __init__(self, root: Path = DEFAULT_ROOT) -> None:
+        self.root = root
+
+    def models(self) -> list[StoredModel]:
+        """Every model version with a manifest, sorted by name then version."""
+        return [read_manifest(m.parent) for m in sorted(self.root.glob(f"*/*/{MANIFEST_NAME}"))]
+
+    def get(self, name: str, version: str | None = None) -> StoredModel:
+        """A model by name, at ``version`` or its newest version."""
+        candidates = [m for m in self.models() if m.manifest.name == name]
+        if version is not None:
+            candidates = [m for m in candidates if m.manifest.version == version]
+        if not candidates:
+            wanted = f"{name}:{version}" if version else name
+            raise ModelStoreError(f"model {wanted} not found in {self.root}")
+        return max(candidates, key=lambda m: _version_key(m.manifest.version))
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (-1, version)

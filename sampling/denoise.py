@@ -1,0 +1,162 @@
+"""Per-image sampling state and one batched denoising step over images of mixed requests.
+
+Every image is a row with its own plan (sampler and step count), position, latent, previous
+x0 prediction and seeded generator; nothing is shared between rows but read-only plans. A
+step builds one model batch for all rows (doubling only the rows that use classifier-free
+guidance), and applies each row's own update to the model's output. An image therefore
+depends only on its own parameters, never on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sampling.plan import StepCoefficients, StepPlan, apply_update
+from sampling.schedule import PredictionType
+
+ModelFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class RowState:
+    """One image in flight. ``rng`` is this image's own generator, seeded from its seed."""
+
+    plan: StepPlan
+    class_label: int | None
+    guidance_scale: float
+    step: int
+    x: np.ndarray
+    x0_prev: np.ndarray
+    rng: np.random.Generator
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.plan.num_steps
+
+    @property
+    def guided(self) -> bool:
+        """Whether this row needs both a conditional and an unconditional prediction."""
+        return self.class_label is not None and self.guidance_scale not in (0.0, 1.0)
+
+
+def start_row(
+    plan: StepPlan,
+    seed: int,
+    class_label: int | None,
+    guidance_scale: float,
+    image_shape: tuple[int, ...],
+) -> RowState:
+    """A fresh row: its initial noise is the first draw of its own generator."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    x = (rng.standard_normal(image_shape) * plan.init_scale).astype(np.float32)
+    return RowState(plan, class_label, float(guidance_scale), 0, x, np.zeros(image_shape), rng)
+
+
+@dataclass(frozen=True)
+class ModelBatch:
+    """The denoiser's inputs for one step, and where each row's predictions land."""
+
+    sample: np.ndarray  # float32 [N, C, H, W]
+    timestep: np.ndarray  # float32 [N]
+    class_label: np.ndarray  # int64 [N]
+    cond_index: np.ndarray  # [B]: the row's conditional (or only) prediction
+    uncond_index: np.ndarray  # [B]: the row's unconditional prediction, -1 when unguided
+
+    @property
+    def size(self) -> int:
+        return len(self.timestep)
+
+
+def build_model_batch(rows: Sequence[RowState], null_class: int) -> ModelBatch:
+    """Stack the rows' model inputs: guided rows twice (with the class, then "no class")."""
+    samples: list[np.ndarray] = []
+    timesteps: list[float] = []
+    labels: list[int] = []
+    cond = np.empty(len(rows), dtype=np.int64)
+    uncond = np.full(len(rows), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        t = float(row.plan.timesteps[row.step])
+        use_class = row.class_label is not None and row.guidance_scale != 0.0
+        cond[i] = len(labels)
+        samples.append(row.x)
+        timesteps.append(t)
+        labels.append(row.class_label if use_class and row.class_label is not None else null_class)
+        if row.guided:
+            uncond[i] = len(labels)
+            samples.append(row.x)
+            timesteps.append(t)
+            labels.append(null_class)
+    return ModelBatch(
+        sample=np.stack(samples).astype(np.float32, copy=False),
+        timestep=np.asarray(timesteps, dtype=np.float32),
+        class_label=np.asarray(labels, dtype=np.int64),
+        cond_index=cond,
+        uncond_index=uncond,
+    )
+
+
+def combine_guidance(rows: Sequence[RowState], batch: ModelBatch, output: np.ndarray) -> np.ndarray:
+    """Classifier-free guidance: uncond + w * (cond - uncond) for guided rows, else cond."""
+    cond = output[batch.cond_index].astype(np.float64)
+    guided = batch.uncond_index >= 0
+    if guided.any():
+        w = np.array([r.guidance_scale for r in rows], dtype=np.float64)[guided].reshape(-1, 1, 1, 1)
+        unc = output[batch.uncond_index[guided]].astype(np.float64)
+        cond[guided] = unc + w * (cond[guided] - unc)
+    return cond
+
+
+def advance(
+    rows: Sequence[RowState], model_output: np.ndarray, prediction_type: PredictionType
+) -> list[RowState]:
+    """Apply each row's own update to its (guided) model output; returns the rows one step on."""
+    coefs = StepCoefficients.gather([r.plan for r in rows], [r.step for r in rows])
+    # Each row draws noise from its own generator, and only on steps that use it.
+    noise = np.stack(
+        [
+            r.rng.standard_normal(r.x.shape) if r.plan.needs_noise(r.step) else np.zeros(r.x.shape)
+            for r in rows
+        ]
+    )
+    x_prev = np.stack([r.x0_prev for r in rows])
+    x_next, x0 = apply_update(
+        np.stack([r.x for r in rows]), model_output, x_prev, noise, coefs, prediction_type
+    )
+    return [dataclasses.replace(r, step=r.step + 1, x=x_next[i], x0_prev=x0[i]) for i, r in enumerate(rows)]
+
+
+def denoise_step(
+    rows: Sequence[RowState], model: ModelFn, null_class: int, prediction_type: PredictionType
+) -> list[RowState]:
+    """One model call for all rows, then each row's update."""
+    batch = build_model_batch(rows, null_class)
+    output = model(batch.sample, batch.timestep, batch.class_label)
+    return advance(rows, combine_guidance(rows, batch, output), prediction_type)
+
+
+def sample_to_completion(
+    rows: Sequence[RowState], model: ModelFn, null_class: int, prediction_type: PredictionType
+) -> list[np.ndarray]:
+    """Run rows until each is done (rows leave as they finish); returns final latents in order."""
+    ids = list(range(len(rows)))
+    active = list(rows)
+    finished: dict[int, np.ndarray] = {}
+    while active:
+        stepped = denoise_step(active, model, null_class, prediction_type)
+        keep = [k for k, r in enumerate(stepped) if not r.done]
+        for k, r in enumerate(stepped):
+            if r.done:
+                finished[ids[k]] = r.x
+        ids = [ids[k] for k in keep]
+        active = [stepped[k] for k in keep]
+    return [finished[i] for i in range(len(rows))]
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Latent in [-1, 1] to 8-bit pixels, [C, H, W] -> [H, W] for one channel."""
+    img = np.clip((x.astype(np.float64) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)

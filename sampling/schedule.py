@@ -1,0 +1,66 @@
+"""Noise schedules: the beta sequence of the forward process and its cumulative products.
+
+Pure numpy. The float32 arithmetic matches diffusers' schedulers so the two agree to float
+tolerance (parity tests rely on it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How the model was trained; ships in the model manifest."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: BetaSchedule = "squaredcos_cap_v2"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    prediction_type: PredictionType = "v_prediction"
+
+
+def make_betas(config: ScheduleConfig) -> np.ndarray:
+    """Per-step betas as float32 [T]."""
+    n = config.num_train_timesteps
+    if config.beta_schedule == "linear":
+        return np.linspace(config.beta_start, config.beta_end, n, dtype=np.float32)
+    if config.beta_schedule == "scaled_linear":
+        root = np.linspace(config.beta_start**0.5, config.beta_end**0.5, n, dtype=np.float32)
+        return (root**2).astype(np.float32)
+    if config.beta_schedule == "squaredcos_cap_v2":
+
+        def alpha_bar(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
+        return np.asarray(betas, dtype=np.float32)
+    raise ValueError(f"unknown beta_schedule {config.beta_schedule!r}")
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """Precomputed forward-process quantities, shared read-only by every sampler."""
+
+    config: ScheduleConfig
+    betas: np.ndarray
+    alphas_cumprod: np.ndarray
+
+    @classmethod
+    def from_config(cls, config: ScheduleConfig) -> NoiseSchedule:
+        betas = make_betas(config)
+        alphas_cumprod = np.cumprod(1.0 - betas, dtype=np.float32)
+        betas.setflags(write=False)
+        alphas_cumprod.setflags(write=False)
+        return cls(config=config, betas=betas, alphas_cumprod=alphas_cumprod)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.config.num_train_timesteps

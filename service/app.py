@@ -1,0 +1,291 @@
+"""The HTTP gateway: validates, queues and reports jobs. Never waits on a worker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from diffq import __version__
+from diffq.errors import Conflict, NotFound, PayloadTooLarge, ServiceError
+from diffq.jobs import Job, Status, image_seed, new_job_id, transition
+from diffq.store import RedisStore
+from model_store.manifest import Manifest
+from model_store.store import ModelStore
+from service.config import GatewaySettings
+from service.requests import resolve
+from service.schemas import ErrorBody, Health, JobCreate, JobView, ModelList, ModelView
+
+log = logging.getLogger("diffq.gateway")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in [
+        (404, "Unknown or expired job"),
+        (409, "The job is already terminal"),
+        (413, "Request body too large"),
+        (422, "Invalid request; details name the field"),
+        (503, "The job store is unavailable; see Retry-After"),
+    ]
+}
+
+
+class State:
+    """What the routes need, built once at start-up."""
+
+    def __init__(self, settings: GatewaySettings, store: RedisStore, models: dict[str, Manifest]) -> None:
+        self.settings = settings
+        self.store = store
+        self.models = models
+        self.default_model = settings.default_model or next(iter(models))
+        if self.default_model not in models:
+            raise ValueError(f"default model {self.default_model!r} is not in the model store")
+
+
+def get_state(request: Request) -> State:
+    state: State = request.app.state.diffq
+    return state
+
+
+StateDep = Annotated[State, Depends(get_state)]
+
+
+def create_app(settings: GatewaySettings, store: RedisStore | None = None) -> FastAPI:
+    models = {m.manifest.name: m.manifest for m in ModelStore(settings.model_store).models()}
+    if not models:
+        raise ValueError(f"no models found in {settings.model_store}")
+    store = store or RedisStore(
+        settings.redis_url, settings.key_prefix, settings.result_ttl_seconds, settings.redis_timeout_seconds
+    )
+    app = FastAPI(
+        title="diffq",
+        version=__version__,
+        description="Submit diffusion generation jobs, poll them, fetch the images.",
+    )
+    app.state.diffq = State(settings, store, models)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    _install_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.post("/v1/jobs", status_code=202, response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
+    def submit_job(body: JobCreate, state: StateDep, response: Response) -> JobView:
+        """Queue a generation job. Answers at once with the job and its Location."""
+        req = resolve(body, state.models, state.default_model)
+        job = Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time())
+        entry = state.store.submit(job)
+        log.info("job state", extra={"job_id": job.id, "status": "queued", "model": req.model})
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        return job_view(
+            job, position=state.store.queue_position(req.model, entry), base=state.settings.public_base_url
+        )
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
+    def get_job(job_id: str, state: StateDep) -> JobView:
+        """The job's status, progress, timings and image URLs."""
+        job = _load(state, job_id)
+        return job_view(job, position=_position(state, job), base=state.settings.public_base_url)
+
+    @app.get(
+        "/v1/jobs/{job_id}/images/{index}",
+        responses={200: {"content": {"image/png": {}}, "description": "The PNG"}, **ERROR_RESPONSES},
+        response_class=Response,
+        tags=["jobs"],
+    )
+    def get_image(job_id: str, index: int, state: StateDep) -> Response:
+        """One image of a succeeded job, as PNG."""
+        job = _load(state, job_id)
+        if job.status != Status.SUCCEEDED or not 0 <= index < job.image_count:
+            raise NotFound(f"job {job_id} has no image {index}")
+        data = state.store.get_image(job_id, index)
+        if data is None:
+            raise NotFound(f"image {index} of job {job_id} has expired")
+        return Response(
+            content=data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+        )
+
+    @app.delete("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
+    def cancel_job(job_id: str, state: StateDep, response: Response) -> JobView:
+        """Cancel a queued job at once, or a running one at its next step (202 until then)."""
+        for _ in range(5):
+            job = _load(state, job_id)
+            if job.terminal:
+                raise Conflict(f"job {job_id} is already {job.status.value}")
+            if job.status == Status.RUNNING:
+                state.store.request_cancel(job_id)
+                response.status_code = 202
+                job = _load(state, job_id)
+                return job_view(job, position=None, base=state.settings.public_base_url)
+            cancelled = transition(job, Status.CANCELLED, time.time())
+            if state.store.save_transition(job, cancelled) is None:
+                log.info("job state", extra={"job_id": job_id, "status": "cancelled"})
+                return job_view(cancelled, position=None, base=state.settings.public_base_url)
+        raise Conflict(f"job {job_id} changed state repeatedly; retry")
+
+    @app.get("/v1/models", response_model=ModelList, tags=["models"])
+    def list_models(state: StateDep) -> ModelList:
+        """The served models with their classes, samplers, step limits and defaults."""
+        return ModelList(
+            default_model=state.default_model, models=[model_view(m) for m in state.models.values()]
+        )
+
+    @app.get("/livez", response_model=Health, tags=["health"])
+    def livez() -> Health:
+        """The process is up."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
+    def readyz(state: StateDep) -> JSONResponse:
+        """Redis reachable and at least one live worker for every served model."""
+        checks = {"redis": state.store.ping()}
+        for name in state.models:
+            try:
+                live = state.store.live_workers(name, state.settings.worker_liveness_seconds) > 0
+            except ServiceError:
+                live = False
+            checks[f"workers:{name}"] = live
+        ok = all(checks.values())
+        body = Health(status="ready" if ok else "not ready", checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+def _load(state: State, job_id: str) -> Job:
+    job = state.store.get(job_id) if _valid_id(job_id) else None
+    if job is None:
+        raise NotFound(f"job {job_id} not found (unknown or expired)")
+    return job
+
+
+def _valid_id(job_id: str) -> bool:
+    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
+
+
+def _position(state: State, job: Job) -> int | None:
+    if job.status != Status.QUEUED or job.entry_id is None:
+        return None
+    return state.store.queue_position(job.request.model, job.entry_id)
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def job_view(job: Job, position: int | None, base: str = "") -> JobView:
+    req = job.request
+    images = [
+        {"url": f"{base}/v1/jobs/{job.id}/images/{i}", "seed": image_seed(req.seed, i)}
+        for i in range(job.image_count)
+    ]
+    return JobView.model_validate(
+        {
+            "id": job.id,
+            "status": job.status.value,
+            "request": req.to_dict(),
+            "progress": {"step": job.step, "total": req.steps},
+            "queue_position": position,
+            "cancel_requested": job.cancel_requested,
+            "timings": {
+                "created_at": _iso(job.created_at),
+                "started_at": _iso(job.started_at),
+                "finished_at": _iso(job.finished_at),
+                "queue_ms": _ms(job.queue_seconds),
+                "run_ms": _ms(job.run_seconds),
+                "total_ms": _ms(job.total_seconds),
+            },
+            "images": images,
+            "error": {"type": job.error.type, "message": job.error.message} if job.error else None,
+        }
+    )
+
+
+def model_view(m: Manifest) -> ModelView:
+    s = m.sampling
+    return ModelView(
+        name=m.name,
+        version=m.version,
+        classes=m.classes,
+        samplers=s.samplers,
+        default_sampler=s.default_sampler,
+        min_steps=s.min_steps,
+        max_steps=s.max_steps,
+        default_steps=s.default_steps,
+        default_guidance_scale=s.default_guidance_scale,
+        max_guidance_scale=s.max_guidance_scale,
+        image=m.image.model_dump(),
+        prediction_type=m.schedule.prediction_type,
+    )
+
+
+def _error_response(status: int, body: dict[str, Any], retry_after: float | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return _error_response(exc.status, exc.to_dict(), exc.retry_after)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Request bodies are flat: the field is the first location part after "body" (later
+        # parts name union members, such as "float" in StrictFloat | StrictInt).
+        details = [
+            {"field": str(e["loc"][1]) if len(e["loc"]) > 1 else "body", "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+        return _error_response(422, {"type": "validation_error", "message": message, "details": details})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(exc.status_code, {"type": kind, "message": str(exc.detail)})
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error_response(500, {"type": "internal_error", "message": "internal error"})
+
+
+class BodySizeLimit:
+    """Refuses request bodies over ``max_bytes`` with 413, by header or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _error_response(413, too_large.to_dict())(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise too_large
+            return message
+
+        await self.app(scope, limited, send)

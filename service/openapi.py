@@ -1,0 +1,25 @@
+"""The committed OpenAPI document is generated from the app; a test fails when they drift."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from service.app import create_app
+from service.config import GatewaySettings
+
+
+def openapi_document() -> dict[str, Any]:
+    # No Redis connection is made: the client connects lazily on first use.
+    return create_app(GatewaySettings()).openapi()
+
+
+def render() -> str:
+    return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
+
+
+def write_openapi(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render())
+    print(f"wrote {path}")

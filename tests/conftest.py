@@ -1,0 +1,140 @@
+"""Fixtures that start real servers: an embedded Valkey, gateway and worker processes.
+
+Every server listens on a free loopback port and is stopped after use; each test gets its own
+Redis key prefix, so tests sharing one Valkey never see each other's jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from diffq.serve import free_port, start_valkey
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    proc = start_valkey(tmp_path_factory.mktemp("valkey"), port)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Stack:
+    """A gateway and workers as real processes, sharing one Valkey."""
+
+    env: dict[str, str]
+    base_url: str = ""
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: Path | None = None
+
+    def start_gateway(self) -> None:
+        port = free_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._spawn("gateway", ["gateway"], {"PORT": str(port)})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base_url}/livez", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gateway did not start; log: {self.read_log('gateway')}")
+
+    def start_worker(self, name: str, **env: str) -> None:
+        self._spawn(name, ["worker", "--name", name], env)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("stack not ready: " + httpx.get(f"{self.base_url}/readyz").text)
+
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> None:
+        assert self.logs is not None
+        log = (self.logs / f"{name}.log").open("wb")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "diffq", *args],
+            env={**self.env, **extra_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+    def read_log(self, name: str) -> str:
+        assert self.logs is not None
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name, timeout=15)
+
+
+def stack_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFQ_") or k == "DIFFQ_MODEL_STORE"}
+    env.update(
+        REDIS_URL=redis_url,
+        DIFFQ_KEY_PREFIX=prefix,
+        DIFFQ_HEARTBEAT_SECONDS="0.5",
+        DIFFQ_INTRA_OP_THREADS="2",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+@pytest.fixture
+def make_stack(valkey: str, prefix: str, tmp_path: Path) -> Iterator[type[Stack]]:
+    """Factory: ``make_stack(**env)`` returns a Stack (nothing started yet)."""
+    stacks: list[Stack] = []
+
+    def factory(**extra: str) -> Stack:
+        s = Stack(env=stack_env(valkey, prefix, **extra), logs=tmp_path)
+        stacks.append(s)
+        return s
+
+    yield factory  # type: ignore[misc]
+    for s in stacks:
+        s.stop_all()
+
+
+def wait_for(client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 120) -> dict:
+    """Poll a job until its status is in ``statuses``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not in {statuses} after {timeout}s: {job}")

@@ -1,0 +1,116 @@
+"""The Redis layer against a real Valkey: records, the stream queue, CAS transitions, leases."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from diffq.errors import Unavailable
+from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
+from diffq.serve import free_port
+from diffq.store import RedisStore
+
+MODEL = "m"
+
+
+@pytest.fixture
+def store(valkey: str, prefix: str) -> RedisStore:
+    s = RedisStore(valkey, prefix=prefix, ttl_seconds=60)
+    s.ensure_group(MODEL)
+    return s
+
+
+def new_job(seed: int = 1, num_images: int = 1) -> Job:
+    req = JobRequest(MODEL, 1, num_images, 4, "ddim", 1.0, seed)
+    return Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time())
+
+
+def test_submit_get_round_trip(store: RedisStore) -> None:
+    job = new_job()
+    entry = store.submit(job)
+    got = store.get(job.id)
+    assert got is not None and got.entry_id == entry
+    assert got.request == job.request and got.status == Status.QUEUED
+    assert store.get(new_job_id()) is None
+
+
+def test_claim_positions_depth_and_ack(store: RedisStore) -> None:
+    jobs = [new_job(i) for i in range(3)]
+    entries = [store.submit(j) for j in jobs]
+    assert [store.queue_position(MODEL, e) for e in entries] == [1, 2, 3]
+    assert store.queue_depth(MODEL) == 3
+    claimed = store.claim(MODEL, "w1", 2, None)
+    assert [c.job_id for c in claimed] == [jobs[0].id, jobs[1].id]
+    assert store.queue_position(MODEL, entries[0]) is None
+    assert store.queue_position(MODEL, entries[2]) == 1
+    assert store.queue_depth(MODEL) == 1
+    store.ack(MODEL, [c.entry_id for c in claimed])
+    assert [c.job_id for c in store.claim(MODEL, "w2", 5, None)] == [jobs[2].id]
+    assert store.claim(MODEL, "w2", 5, None) == []
+
+
+def test_transition_is_compare_and_set(store: RedisStore) -> None:
+    job = new_job()
+    store.submit(job)
+    running = transition(job, Status.RUNNING, time.time(), worker="w1")
+    cancelled = transition(job, Status.CANCELLED, time.time())
+    assert store.save_transition(job, cancelled) is None
+    # A worker that read "queued" earlier loses: the status moved on.
+    assert store.save_transition(job, running) == Status.CANCELLED
+    got = store.get(job.id)
+    assert got is not None and got.status == Status.CANCELLED and got.finished_at is not None
+    ghost = new_job()  # never submitted (or expired)
+    with pytest.raises(KeyError):
+        store.save_transition(ghost, transition(ghost, Status.RUNNING, time.time()))
+
+
+def test_fields_cleared_on_requeue(store: RedisStore) -> None:
+    job = new_job()
+    store.submit(job)
+    running = transition(job, Status.RUNNING, time.time(), worker="w1")
+    store.save_transition(job, running)
+    requeued = transition(running, Status.QUEUED, time.time())
+    assert store.save_transition(running, requeued) is None
+    got = store.get(job.id)
+    assert got is not None and got.worker is None and got.started_at is None and got.attempts == 1
+
+
+def test_images_and_cancel_flag(store: RedisStore) -> None:
+    job = new_job(num_images=2)
+    store.submit(job)
+    store.put_images(job.id, [b"png0", b"png1"])
+    assert store.get_image(job.id, 1) == b"png1" and store.get_image(job.id, 2) is None
+    assert store.cancel_requested([job.id]) == set()
+    store.request_cancel(job.id)
+    assert store.cancel_requested([job.id]) == {job.id}
+
+
+def test_reclaim_takes_idle_entries_and_renew_keeps_them(store: RedisStore) -> None:
+    a, b = new_job(1), new_job(2)
+    store.submit(a)
+    store.submit(b)
+    held = store.claim(MODEL, "dead", 2, None)
+    time.sleep(0.3)
+    store.renew(MODEL, "dead", [held[1].entry_id])  # only b's lease is renewed
+    taken = store.reclaim(MODEL, "alive", min_idle_ms=200)
+    assert [c.job_id for c in taken] == [a.id]
+
+
+def test_heartbeats(store: RedisStore) -> None:
+    now = time.time()
+    store.heartbeat(MODEL, "w1", now - 100)
+    store.heartbeat(MODEL, "w2", now)
+    assert store.live_workers(MODEL, within_seconds=5, now=now) == 1
+    store.remove_worker(MODEL, "w2")
+    assert store.live_workers(MODEL, within_seconds=5, now=now) == 0
+
+
+def test_unreachable_redis_is_unavailable_quickly() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as info:
+        store.get(new_job_id())
+    assert time.monotonic() - started < 2
+    assert info.value.status == 503 and info.value.retry_after == 1
+    assert store.ping() is False

@@ -1,0 +1,33 @@
+"""Worker settings (read once in ``main``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from diffq.settings import CommonSettings
+
+
+class WorkerSettings(CommonSettings):
+    model: str | None = Field(
+        default=None, description="Model this worker serves; default: the first in the store."
+    )
+    max_batch_rows: int = Field(
+        default=64, ge=1, le=4096, description="Most denoiser rows per call (guided images count twice)."
+    )
+    max_wait_ms: int = Field(
+        default=10, ge=0, le=10_000, description="How long an idle worker gathers jobs before its first step."
+    )
+    poll_ms: int = Field(
+        default=1000, ge=10, le=60_000, description="How long an idle worker blocks on the queue."
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A claimed job not renewed for this long is reclaimed by others.",
+    )
+    intra_op_threads: int = Field(default=0, ge=0, le=256, description="onnxruntime threads; 0 = all cores.")
+    providers: tuple[str, ...] | None = Field(
+        default=None, description="onnxruntime providers; default: auto."
+    )
+    worker_id: str | None = Field(default=None, description="Consumer name; default: host-pid.")

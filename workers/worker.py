@@ -1,0 +1,254 @@
+"""The worker loop: claim jobs, step them together through the denoiser, store the images.
+
+Each loop iteration: take new jobs while rows are free, drop cancelled ones, run one denoiser
+call over every in-flight image (each at its own step of its own sampler), record progress,
+and finish the jobs whose images are done: PNGs stored first, then the status, then the ack.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from diffq.jobs import Job, JobError, Status, image_seed, transition
+from diffq.store import Claimed, RedisStore
+from model_store.manifest import Manifest
+from sampling.denoise import RowState, denoise_step, start_row, to_uint8
+from sampling.registry import get_plan
+from workers.batching import BatchPolicy, admit, free_rows, keep_gathering
+from workers.config import WorkerSettings
+from workers.engine import Engine
+
+log = logging.getLogger("diffq.worker")
+
+
+@dataclass
+class InFlight:
+    job: Job
+    entry_id: str
+    rows: list[RowState]
+
+    @property
+    def done(self) -> bool:
+        return all(r.done for r in self.rows)
+
+    @property
+    def step(self) -> int:
+        return min(r.step for r in self.rows)
+
+
+@dataclass
+class Worker:
+    settings: WorkerSettings
+    store: RedisStore
+    engine: Engine
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.manifest: Manifest = self.engine.manifest
+        self.model = self.manifest.name
+        self.policy = BatchPolicy(self.settings.max_batch_rows, self.settings.max_wait_ms / 1000)
+        self.active: dict[str, InFlight] = {}
+        self.waiting: list[tuple[Claimed, Job]] = []
+        self._last_beat = 0.0
+        self._last_reclaim = 0.0
+
+    # ---- the loop ----------------------------------------------------------------------
+    def run(self, burst: bool = False) -> None:
+        """Serve until ``stop`` is set (then drain what was taken), or, in burst mode, until idle."""
+        self.store.ensure_group(self.model)
+        log.info("worker started", extra={"worker": self.worker_id, "model": self.model})
+        try:
+            while True:
+                self._heartbeat()
+                if not self.stop.is_set():
+                    self._take_work()
+                if not self.active and not self.waiting:
+                    if self.stop.is_set() or (burst and not self._reclaim(force=True)):
+                        break
+                    continue
+                self._admit()
+                self._drop_cancelled()
+                if self.active:
+                    self._step()
+        finally:
+            self.store.remove_worker(self.model, self.worker_id)
+            log.info("worker stopped", extra={"worker": self.worker_id})
+
+    def _heartbeat(self) -> None:
+        now = time.time()
+        if now - self._last_beat >= self.settings.heartbeat_seconds:
+            self.store.heartbeat(self.model, self.worker_id, now)
+            self._last_beat = now
+            if self.active or self.waiting:  # renew the lease on what we hold
+                held = [f.entry_id for f in self.active.values()] + [c.entry_id for c, _ in self.waiting]
+                self.store.renew(self.model, self.worker_id, held)
+            self._reclaim()
+
+    def _rows_in_use(self) -> int:
+        return sum(f.job.request.rows_per_step for f in self.active.values())
+
+    def _take_work(self) -> None:
+        idle = not self.active and not self.waiting
+        free = free_rows(
+            self.policy, self._rows_in_use() + sum(j.request.rows_per_step for _, j in self.waiting)
+        )
+        if idle:
+            got = self._claim(free or 1, self.settings.poll_ms)
+            if not got:
+                return
+            started = time.monotonic()
+            rows = sum(j.request.rows_per_step for _, j in got)
+            while keep_gathering(self.policy, time.monotonic(), started, rows):
+                left_ms = max(1, int((self.policy.max_wait_s - (time.monotonic() - started)) * 1000))
+                more = self._claim(free_rows(self.policy, rows) or 1, left_ms)
+                got += more
+                rows += sum(j.request.rows_per_step for _, j in more)
+            self.waiting += got
+        elif free > 0:
+            self.waiting += self._claim(free, None)
+
+    def _claim(self, rows: int, block_ms: int | None) -> list[tuple[Claimed, Job]]:
+        """Claimed entries with their records; entries whose job is gone or no longer queued are acked."""
+        # A job takes at least one row, so asking for ``rows`` entries never under-fills.
+        claimed = self.store.claim(self.model, self.worker_id, min(rows, 256), block_ms)
+        return self._with_records(claimed)
+
+    def _with_records(self, claimed: list[Claimed]) -> list[tuple[Claimed, Job]]:
+        jobs = self.store.get_many([c.job_id for c in claimed])
+        out, stale = [], []
+        for c, job in zip(claimed, jobs, strict=True):
+            if job is None or job.terminal:
+                stale.append(c.entry_id)  # cancelled, expired, or finished before a crash
+            else:
+                out.append((c, job))
+        self.store.ack(self.model, stale)
+        return out
+
+    def _reclaim(self, force: bool = False) -> bool:
+        """Take over entries another worker holds past its lease (it died). True if any."""
+        now = time.monotonic()
+        if not force and now - self._last_reclaim < self.settings.lease_seconds / 3:
+            return False
+        self._last_reclaim = now
+        claimed = self.store.reclaim(self.model, self.worker_id, int(self.settings.lease_seconds * 1000))
+        if claimed:
+            log.warning("reclaimed jobs", extra={"count": len(claimed), "worker": self.worker_id})
+        self.waiting += self._with_records(claimed)
+        return bool(claimed)
+
+    def _admit(self) -> None:
+        n = admit(self.policy, self._rows_in_use(), [j.request.rows_per_step for _, j in self.waiting])
+        joining, self.waiting = self.waiting[:n], self.waiting[n:]
+        for claimed, job in joining:
+            self._start(claimed, job)
+
+    def _start(self, claimed: Claimed, job: Job) -> None:
+        now = time.time()
+        if job.status == Status.RUNNING:  # reclaimed from a dead worker: back through queued
+            requeued = transition(job, Status.QUEUED, now)
+            if self.store.save_transition(job, requeued) is not None:
+                return self._skip(claimed)
+            job = requeued
+        running = transition(job, Status.RUNNING, now, worker=self.worker_id)
+        if self.store.save_transition(job, running) is not None:
+            return self._skip(claimed)
+        req = running.request
+        try:
+            plan = get_plan(self.manifest.schedule.to_config(), req.sampler, req.steps)
+        except ValueError as e:
+            self._finish_failed(InFlight(running, claimed.entry_id, []), "invalid_request", str(e))
+            return None
+        rows = [
+            start_row(
+                plan, image_seed(req.seed, i), req.class_label, req.guidance_scale, self.manifest.image_shape
+            )
+            for i in range(req.num_images)
+        ]
+        self.active[job.id] = InFlight(running, claimed.entry_id, rows)
+        log.info("job state", extra={"job_id": job.id, "status": "running", "worker": self.worker_id})
+        return None
+
+    def _skip(self, claimed: Claimed) -> None:
+        self.store.ack(self.model, [claimed.entry_id])
+
+    def _drop_cancelled(self) -> None:
+        if not self.active:
+            return
+        for job_id in self.store.cancel_requested(list(self.active)):
+            flight = self.active.pop(job_id)
+            current = self.store.get(job_id) or flight.job
+            if not current.terminal:
+                self.store.save_transition(current, transition(current, Status.CANCELLED, time.time()))
+            self.store.ack(self.model, [flight.entry_id])
+            log.info("job state", extra={"job_id": job_id, "status": "cancelled"})
+
+    def _step(self) -> None:
+        flights = list(self.active.values())
+        rows = [r for f in flights for r in f.rows]
+        try:
+            stepped = denoise_step(
+                rows, self.engine.run, self.manifest.null_class, self.manifest.schedule.prediction_type
+            )
+        except Exception as e:  # the model failed: these jobs fail, the worker goes on
+            log.exception("denoiser call failed")
+            for f in flights:
+                self._finish_failed(f, "inference_error", f"denoiser call failed: {type(e).__name__}")
+            return
+        k = 0
+        for f in flights:
+            f.rows = stepped[k : k + len(f.rows)]
+            k += len(f.rows)
+        self.store.set_progress({f.job.id: f.step for f in flights})
+        for f in flights:
+            if f.done:
+                self._finish_succeeded(f)
+
+    def _finish_succeeded(self, f: InFlight) -> None:
+        pngs = [encode_png(to_uint8(r.x)) for r in f.rows]
+        self.store.put_images(f.job.id, pngs)
+        current = self.store.get(f.job.id) or f.job
+        if current.status == Status.RUNNING:
+            done = transition(current, Status.SUCCEEDED, time.time(), step=f.step, image_count=len(pngs))
+            if self.store.save_transition(current, done) is None:
+                log.info("job state", extra={"job_id": f.job.id, "status": "succeeded"})
+            else:
+                self.store.delete_images(f.job.id)
+        self.store.ack(self.model, [f.entry_id])
+        self.active.pop(f.job.id, None)
+
+    def _finish_failed(self, f: InFlight, kind: str, message: str) -> None:
+        current = self.store.get(f.job.id) or f.job
+        if not current.terminal:
+            failed = transition(current, Status.FAILED, time.time(), error=JobError(kind, message))
+            self.store.save_transition(current, failed)
+            log.info("job state", extra={"job_id": f.job.id, "status": "failed", "error_type": kind})
+        self.store.ack(self.model, [f.entry_id])
+        self.active.pop(f.job.id, None)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def install_signal_handlers(worker: Worker) -> None:
+    """SIGTERM/SIGINT: stop taking work, finish what was taken, exit."""
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("stopping", extra={"signal": signum, "worker": worker.worker_id})
+        worker.stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
