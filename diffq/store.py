@@ -122,10 +122,11 @@ class RedisStore:
             raws = pipe.execute()
         return [_decode(j, raw) if raw else None for j, raw in zip(job_ids, raws, strict=True)]
 
-    def save_transition(self, before: Job, after: Job) -> Status | None:
+    def save_transition(self, before: Job, after: Job) -> bool:
         """Write ``after`` if the stored status is still ``before.status``.
 
-        Returns None on success, else the status found (or raises KeyError if the job is gone).
+        False when the status moved on meanwhile (or the record expired): the caller lost the
+        race and must re-read before deciding anything.
         """
         changed = _encode(after)
         old = _encode(before)
@@ -135,9 +136,7 @@ class RedisStore:
                 args += [k, changed.get(k, "")]
         with _unavailable():
             res = self._transition(keys=[self._job(after.id), self._images(after.id)], args=args)
-        if res is None:
-            raise KeyError(after.id)
-        return None if _s(res) == "OK" else Status(_s(res))
+        return res is not None and _s(res) == "OK"
 
     def set_progress(self, steps: dict[str, int]) -> None:
         """Record each running job's step (one round trip for the whole batch)."""

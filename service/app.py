@@ -126,7 +126,7 @@ def _add_routes(app: FastAPI) -> None:
                 job = _load(state, job_id)
                 return job_view(job, position=None, base=state.settings.public_base_url)
             cancelled = transition(job, Status.CANCELLED, time.time())
-            if state.store.save_transition(job, cancelled) is None:
+            if state.store.save_transition(job, cancelled):
                 log.info("job state", extra={"job_id": job_id, "status": "cancelled"})
                 return job_view(cancelled, position=None, base=state.settings.public_base_url)
         raise Conflict(f"job {job_id} changed state repeatedly; retry")

@@ -98,31 +98,34 @@ class Worker:
     def _rows_in_use(self) -> int:
         return sum(f.job.request.rows_per_step for f in self.active.values())
 
+    def _held_rows(self) -> int:
+        return self._rows_in_use() + sum(j.request.rows_per_step for _, j in self.waiting)
+
     def _take_work(self) -> None:
-        idle = not self.active and not self.waiting
-        free = free_rows(
-            self.policy, self._rows_in_use() + sum(j.request.rows_per_step for _, j in self.waiting)
-        )
-        if idle:
-            got = self._claim(free or 1, self.settings.poll_ms)
+        """Claim jobs one at a time until this worker holds a full batch of rows.
+
+        One entry per read keeps a worker from hoarding jobs it cannot run yet, so other
+        workers get them. An idle worker blocks for the first job, then gathers for up to
+        ``max_wait`` before its first step.
+        """
+        if not self.active and not self.waiting:
+            got = self._claim(self.settings.poll_ms)
             if not got:
                 return
-            started = time.monotonic()
-            rows = sum(j.request.rows_per_step for _, j in got)
-            while keep_gathering(self.policy, time.monotonic(), started, rows):
-                left_ms = max(1, int((self.policy.max_wait_s - (time.monotonic() - started)) * 1000))
-                more = self._claim(free_rows(self.policy, rows) or 1, left_ms)
-                got += more
-                rows += sum(j.request.rows_per_step for _, j in more)
             self.waiting += got
-        elif free > 0:
-            self.waiting += self._claim(free, None)
+            started = time.monotonic()
+            while keep_gathering(self.policy, time.monotonic(), started, self._held_rows()):
+                left_ms = max(1, int((self.policy.max_wait_s - (time.monotonic() - started)) * 1000))
+                self.waiting += self._claim(left_ms)
+        while free_rows(self.policy, self._held_rows()) > 0:
+            more = self._claim(None)
+            if not more:
+                break
+            self.waiting += more
 
-    def _claim(self, rows: int, block_ms: int | None) -> list[tuple[Claimed, Job]]:
-        """Claimed entries with their records; entries whose job is gone or no longer queued are acked."""
-        # A job takes at least one row, so asking for ``rows`` entries never under-fills.
-        claimed = self.store.claim(self.model, self.worker_id, min(rows, 256), block_ms)
-        return self._with_records(claimed)
+    def _claim(self, block_ms: int | None) -> list[tuple[Claimed, Job]]:
+        """The next entry with its record; entries whose job is gone or finished are acked."""
+        return self._with_records(self.store.claim(self.model, self.worker_id, 1, block_ms))
 
     def _with_records(self, claimed: list[Claimed]) -> list[tuple[Claimed, Job]]:
         jobs = self.store.get_many([c.job_id for c in claimed])
@@ -157,11 +160,11 @@ class Worker:
         now = time.time()
         if job.status == Status.RUNNING:  # reclaimed from a dead worker: back through queued
             requeued = transition(job, Status.QUEUED, now)
-            if self.store.save_transition(job, requeued) is not None:
+            if not self.store.save_transition(job, requeued):
                 return self._skip(claimed)
             job = requeued
         running = transition(job, Status.RUNNING, now, worker=self.worker_id)
-        if self.store.save_transition(job, running) is not None:
+        if not self.store.save_transition(job, running):
             return self._skip(claimed)
         req = running.request
         try:
@@ -220,7 +223,7 @@ class Worker:
         current = self.store.get(f.job.id) or f.job
         if current.status == Status.RUNNING:
             done = transition(current, Status.SUCCEEDED, time.time(), step=f.step, image_count=len(pngs))
-            if self.store.save_transition(current, done) is None:
+            if self.store.save_transition(current, done):
                 log.info("job state", extra={"job_id": f.job.id, "status": "succeeded"})
             else:
                 self.store.delete_images(f.job.id)

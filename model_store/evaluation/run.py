@@ -147,7 +147,7 @@ def render_card(m: Manifest, quality: dict, grid_cfg: EvalConfig) -> str:
         f"# Model card: {m.ref}",
         "",
         f"A class-conditional UNet denoiser for {m.image.height}x{m.image.width} single-channel "
-        "images of handwritten digits (MNIST), with a learned \"no class\" token "
+        'images of handwritten digits (MNIST), with a learned "no class" token '
         f"(class {m.null_class}) so one network serves conditional, unconditional and "
         "classifier-free-guided sampling.",
         "",

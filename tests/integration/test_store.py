@@ -55,14 +55,14 @@ def test_transition_is_compare_and_set(store: RedisStore) -> None:
     store.submit(job)
     running = transition(job, Status.RUNNING, time.time(), worker="w1")
     cancelled = transition(job, Status.CANCELLED, time.time())
-    assert store.save_transition(job, cancelled) is None
+    assert store.save_transition(job, cancelled) is True
     # A worker that read "queued" earlier loses: the status moved on.
-    assert store.save_transition(job, running) == Status.CANCELLED
+    assert store.save_transition(job, running) is False
     got = store.get(job.id)
     assert got is not None and got.status == Status.CANCELLED and got.finished_at is not None
     ghost = new_job()  # never submitted (or expired)
-    with pytest.raises(KeyError):
-        store.save_transition(ghost, transition(ghost, Status.RUNNING, time.time()))
+    assert store.save_transition(ghost, transition(ghost, Status.RUNNING, time.time())) is False
+    assert store.get(ghost.id) is None
 
 
 def test_fields_cleared_on_requeue(store: RedisStore) -> None:
@@ -71,7 +71,7 @@ def test_fields_cleared_on_requeue(store: RedisStore) -> None:
     running = transition(job, Status.RUNNING, time.time(), worker="w1")
     store.save_transition(job, running)
     requeued = transition(running, Status.QUEUED, time.time())
-    assert store.save_transition(running, requeued) is None
+    assert store.save_transition(running, requeued) is True
     got = store.get(job.id)
     assert got is not None and got.worker is None and got.started_at is None and got.attempts == 1
 
