@@ -56,7 +56,8 @@ def start_valkey(data_dir: Path, port: int, password: str | None = None) -> subp
     ]  # fmt: skip
     if password:
         args += ["--requirepass", password]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    # Own session: a terminal Ctrl-C reaches only `serve`, which stops the children in order.
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     wait_for_port(port, proc)
     return proc
 
@@ -88,7 +89,7 @@ def wait_for_http(url: str, timeout: float = 60.0) -> bool:
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "diffq", *args], env=env)
+    return subprocess.Popen([sys.executable, "-m", "diffq", *args], env=env, start_new_session=True)
 
 
 def serve(settings: ServeSettings) -> int:

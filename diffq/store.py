@@ -53,6 +53,15 @@ if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]
 return 'OK'
 """
 
+# Set one field on each existing record (KEYS[i] gets ARGV[i + 1]); never resurrect an
+# expired record as a fragment without a request.
+_SET_IF_EXISTS = """
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, ARGV[1], ARGV[i + 1]) end
+end
+return #KEYS
+"""
+
 
 @dataclass(frozen=True)
 class Claimed:
@@ -72,8 +81,12 @@ class RedisStore:
         self._r: Any = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
         )
+        # A blocking read must return before the socket times out, or an idle wait would look
+        # like a dead server: cap blocks at half the timeout and let callers poll again.
+        self._max_block_ms = max(1, int(timeout * 500))
         self._submit = self._r.register_script(_SUBMIT)
         self._transition = self._r.register_script(_TRANSITION)
+        self._set_if_exists = self._r.register_script(_SET_IF_EXISTS)
 
     # keys -------------------------------------------------------------------------------
     def _job(self, job_id: str) -> str:
@@ -140,14 +153,12 @@ class RedisStore:
 
     def set_progress(self, steps: dict[str, int]) -> None:
         """Record each running job's step (one round trip for the whole batch)."""
-        pipe = self._r.pipeline(transaction=False)
-        for job_id, step in steps.items():
-            pipe.hset(self._job(job_id), "step", step)
-        pipe.execute()
+        if steps:
+            self._set_if_exists(keys=[self._job(j) for j in steps], args=["step", *steps.values()])
 
     def request_cancel(self, job_id: str) -> None:
         with _unavailable():
-            self._r.hset(self._job(job_id), "cancel", "1")
+            self._set_if_exists(keys=[self._job(job_id)], args=["cancel", "1"])
 
     def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
         pipe = self._r.pipeline(transaction=False)
@@ -181,10 +192,12 @@ class RedisStore:
                 raise
 
     def claim(self, model: str, consumer: str, count: int, block_ms: int | None) -> list[Claimed]:
-        """Up to ``count`` new entries for this consumer; blocks up to ``block_ms`` if given."""
+        """Up to ``count`` new entries for this consumer; blocks up to ``block_ms`` if given
+        (at most half the socket timeout: an empty answer just means "poll again")."""
         if count <= 0:
             return []
-        res = self._r.xreadgroup(GROUP, consumer, {self._queue(model): ">"}, count=count, block=block_ms)
+        block = None if block_ms is None else min(block_ms, self._max_block_ms)
+        res = self._r.xreadgroup(GROUP, consumer, {self._queue(model): ">"}, count=count, block=block)
         out = []
         for _stream, entries in res or []:
             for entry_id, fields in entries:

@@ -220,13 +220,16 @@ class Worker:
     def _finish_succeeded(self, f: InFlight) -> None:
         pngs = [encode_png(to_uint8(r.x)) for r in f.rows]
         self.store.put_images(f.job.id, pngs)
-        current = self.store.get(f.job.id) or f.job
-        if current.status == Status.RUNNING:
+        current = self.store.get(f.job.id)
+        if current is not None and current.status == Status.RUNNING:
             done = transition(current, Status.SUCCEEDED, time.time(), step=f.step, image_count=len(pngs))
-            if self.store.save_transition(current, done):
-                log.info("job state", extra={"job_id": f.job.id, "status": "succeeded"})
-            else:
-                self.store.delete_images(f.job.id)
+            stored = self.store.save_transition(current, done)
+        else:
+            stored = False  # cancelled at the last step, or expired
+        if stored:
+            log.info("job state", extra={"job_id": f.job.id, "status": "succeeded"})
+        else:
+            self.store.delete_images(f.job.id)
         self.store.ack(self.model, [f.entry_id])
         self.active.pop(f.job.id, None)
 

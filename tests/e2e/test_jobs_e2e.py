@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -122,6 +123,15 @@ def test_cancel_a_running_job(stack: Stack) -> None:
         # the worker goes on serving
         after = client.post("/v1/jobs", json={"class_label": 1, "steps": 4}).json()
         assert wait_for(client, after["id"], {"succeeded", "failed"})["status"] == "succeeded"
+
+
+def test_worker_survives_idle_periods_longer_than_the_redis_timeout(stack: Stack) -> None:
+    time.sleep(2.5)  # the stack runs with a 1 s Redis socket timeout
+    assert stack.procs["worker-a"].poll() is None, stack.read_log("worker-a")
+    with httpx.Client(base_url=stack.base_url, timeout=10) as client:
+        job = client.post("/v1/jobs", json={"class_label": 8, "steps": 4}).json()
+        assert wait_for(client, job["id"], {"succeeded", "failed"})["status"] == "succeeded"
+    assert "Traceback" not in stack.read_log("worker-a")
 
 
 def test_progress_is_reported_while_running(stack: Stack) -> None:

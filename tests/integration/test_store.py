@@ -114,3 +114,13 @@ def test_unreachable_redis_is_unavailable_quickly() -> None:
     assert time.monotonic() - started < 2
     assert info.value.status == 503 and info.value.retry_after == 1
     assert store.ping() is False
+
+
+def test_progress_and_cancel_never_resurrect_an_expired_record(store: RedisStore) -> None:
+    live, gone = new_job(), new_job()
+    store.submit(live)
+    store.set_progress({live.id: 3, gone.id: 5})
+    store.request_cancel(gone.id)
+    got = store.get(live.id)
+    assert got is not None and got.step == 3
+    assert store.get(gone.id) is None
