@@ -40,6 +40,7 @@ class ScheduleSpec(_Strict):
     beta_start: float = 0.0001
     beta_end: float = 0.02
     prediction_type: Literal["epsilon", "v_prediction", "sample"]
+    clip_sample: bool = Field(default=False, description="Clip x0 to [-1, 1] in DDPM and DDIM.")
 
     def to_config(self) -> ScheduleConfig:
         return ScheduleConfig(**self.model_dump())

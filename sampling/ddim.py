@@ -1,8 +1,8 @@
 """DDIM with eta = 0 (Song et al. 2021): deterministic, few steps.
 
-Matches diffusers' ``DDIMScheduler`` with ``clip_sample=True``, ``set_alpha_to_one=True`` and
-``timestep_spacing="trailing"``, including its choice of the previous timestep as
-``t - T // n``.
+Matches diffusers' ``DDIMScheduler`` with ``clip_sample`` as the schedule says,
+``set_alpha_to_one=True`` and ``timestep_spacing="trailing"``, including its choice of the
+previous timestep as ``t - T // n``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,6 @@ def plan(schedule: NoiseSchedule, num_steps: int) -> StepPlan:
         c_x0_prev=zeros.copy(),
         c_eps=np.sqrt(1.0 - a_prev),
         c_noise=zeros.copy(),
-        clip_x0=True,
+        clip_x0=schedule.config.clip_sample,
         init_scale=1.0,
     )

@@ -1,7 +1,8 @@
 """DDPM ancestral sampling (Ho et al. 2020), the 1000-step reference.
 
-Matches diffusers' ``DDPMScheduler`` with ``variance_type="fixed_small"``, ``clip_sample=True``
-and ``timestep_spacing="trailing"`` (at 1000 steps every timestep 999..0 is visited).
+Matches diffusers' ``DDPMScheduler`` with ``variance_type="fixed_small"``, ``clip_sample`` as
+the schedule says, and ``timestep_spacing="trailing"`` (at 1000 steps every timestep 999..0 is
+visited).
 """
 
 from __future__ import annotations
@@ -38,6 +39,6 @@ def plan(schedule: NoiseSchedule, num_steps: int) -> StepPlan:
         c_x0_prev=zeros,
         c_eps=zeros.copy(),
         c_noise=np.where(ts > 0, np.sqrt(variance), 0.0),
-        clip_x0=True,
+        clip_x0=schedule.config.clip_sample,
         init_scale=1.0,
     )

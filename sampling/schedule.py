@@ -25,6 +25,10 @@ class ScheduleConfig:
     beta_start: float = 0.0001
     beta_end: float = 0.02
     prediction_type: PredictionType = "v_prediction"
+    # Clip x0 predictions to [-1, 1] in DDPM and DDIM (diffusers' ``clip_sample``). Off by
+    # default: with guidance the clipped x0 and the unclipped noise disagree, and DDIM at 16
+    # steps drew the requested digit only 37% of the time with it on (100% off).
+    clip_sample: bool = False
 
 
 def make_betas(config: ScheduleConfig) -> np.ndarray:

@@ -8,6 +8,7 @@ and returns ``model_output`` [B,C,H,W]. Weights are stored inside the one ONNX f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 from model_store.manifest import MANIFEST_NAME, Manifest, sha256_file
 from model_store.training.train import load_model
 from model_store.training.unet import UNet
+from sampling.schedule import ScheduleConfig
 
 OPSET = 17
 INPUTS = ("sample", "timestep", "class_label")
@@ -84,7 +86,7 @@ def build_manifest(checkpoint: dict[str, Any], name: str, version: str, onnx_fil
         image={"channels": c, "height": s, "width": s},
         classes=[str(i) for i in range(n)],
         null_class=n,
-        schedule=checkpoint["schedule_config"],
+        schedule=dataclasses.asdict(ScheduleConfig(**checkpoint["schedule_config"])),
         sampling={
             "samplers": SAMPLERS,
             "default_sampler": "dpmpp_2m",

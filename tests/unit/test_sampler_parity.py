@@ -23,10 +23,6 @@ from sampling.registry import get_plan
 from sampling.schedule import NoiseSchedule, ScheduleConfig
 
 CONFIG = ScheduleConfig(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-PARITY_CONFIGS = {
-    "v_prediction": CONFIG,
-    "epsilon": ScheduleConfig(beta_schedule="squaredcos_cap_v2", prediction_type="epsilon"),
-}
 SHAPE = (2, 1, 6, 6)
 
 
@@ -44,16 +40,16 @@ def dummy_model(x: np.ndarray, t: float, prediction_type: str) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def oracle(sampler: str, prediction_type: str):  # type: ignore[no-untyped-def]
+def oracle(sampler: str, prediction_type: str, clip: bool):  # type: ignore[no-untyped-def]
     common = dict(
         num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type
     )
     if sampler == "ddpm":
         return DDPMScheduler(
-            **common, variance_type="fixed_small", clip_sample=True, timestep_spacing="trailing"
+            **common, variance_type="fixed_small", clip_sample=clip, timestep_spacing="trailing"
         )
     if sampler == "ddim":
-        return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
+        return DDIMScheduler(**common, clip_sample=clip, set_alpha_to_one=True, timestep_spacing="trailing")
     if sampler == "dpmpp_2m":
         return DPMSolverMultistepScheduler(
             **common,
@@ -92,13 +88,21 @@ CASES = [
 EPSILON_CASES = [c for c in CASES if c[0] != "euler_ancestral" or c[1] == 1]
 
 
+# x0 clipping (diffusers' clip_sample) applies to DDPM and DDIM only.
+CLIP_CASES = [c for c in CASES if c[0] in ("ddpm", "ddim")]
+
+
 @pytest.mark.parametrize(
-    ("prediction_type", "sampler", "steps"),
-    [("v_prediction", *c) for c in CASES] + [("epsilon", *c) for c in EPSILON_CASES],
+    ("prediction_type", "clip", "sampler", "steps"),
+    [("v_prediction", False, *c) for c in CASES]
+    + [("epsilon", False, *c) for c in EPSILON_CASES]
+    + [(p, True, *c) for c in CLIP_CASES for p in ("v_prediction", "epsilon")],
 )
-def test_matches_diffusers_at_every_step(prediction_type: str, sampler: str, steps: int) -> None:
-    config = PARITY_CONFIGS[prediction_type]
-    sched = oracle(sampler, prediction_type)
+def test_matches_diffusers_at_every_step(prediction_type: str, clip: bool, sampler: str, steps: int) -> None:
+    config = ScheduleConfig(
+        beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type, clip_sample=clip
+    )
+    sched = oracle(sampler, prediction_type, clip)
     sched.set_timesteps(steps)
     plan = get_plan(config, sampler, steps)
     np.testing.assert_allclose(plan.timesteps, sched.timesteps.numpy().astype(np.float32), rtol=1e-6)
