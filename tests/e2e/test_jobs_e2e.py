@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -48,6 +51,11 @@ def fetch_images(client: httpx.Client, job: dict) -> list[bytes]:
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         out.append(r.content)
     return out
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    ta, tb = a["timings"], b["timings"]
+    return ta["started_at"] < tb["finished_at"] and tb["started_at"] < ta["finished_at"]
 
 
 def run_concurrently(client: httpx.Client, bodies: list[dict]) -> list[dict]:
@@ -101,6 +109,9 @@ def test_same_seed_same_bytes_alone_or_batched(stack: Stack) -> None:
         together = batched[3]
         assert together["request"] == alone["request"]
         assert fetch_images(client, together) == alone_pngs
+        # It really shared denoiser calls: with one worker, overlapping runs share every step.
+        others = batched[:3] + batched[4:]
+        assert any(overlaps(together, o) for o in others), [j["timings"] for j in batched]
         # and a different seed gives different images
         other = wait_for(
             client, client.post("/v1/jobs", json={**probe, "seed": 100}).json()["id"], {"succeeded"}
@@ -180,3 +191,18 @@ def test_images_show_the_requested_digit(stack: Stack) -> None:
     wanted = np.repeat(np.arange(10), 3)
     agreement = float((knn_digits(pixels) == wanted).mean())
     assert agreement >= 0.8, f"only {agreement:.0%} of images read as the requested digit"
+
+
+def test_submit_cli_saves_the_pngs(stack: Stack, tmp_path: Path) -> None:
+    args = ["--url", stack.base_url, "--class-label", "4", "--num-images", "2", "--seed", "5"]
+    out = subprocess.run(
+        [sys.executable, "-m", "diffq", "submit", *args, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    saved = sorted(tmp_path.glob("*.png"))
+    assert len(saved) == 2
+    assert Image.open(saved[0]).size == (28, 28)
+    assert "seed 5" in out.stdout and "seed 6" in out.stdout

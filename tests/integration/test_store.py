@@ -124,3 +124,14 @@ def test_progress_and_cancel_never_resurrect_an_expired_record(store: RedisStore
     got = store.get(live.id)
     assert got is not None and got.step == 3
     assert store.get(gone.id) is None
+
+
+def test_records_and_images_expire_after_the_ttl(valkey: str, prefix: str) -> None:
+    short = RedisStore(valkey, prefix=prefix, ttl_seconds=1)
+    short.ensure_group(MODEL)
+    job = new_job()
+    short.submit(job)
+    short.put_images(job.id, [b"png"])
+    assert short.get(job.id) is not None
+    time.sleep(1.3)
+    assert short.get(job.id) is None and short.get_image(job.id, 0) is None
