@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from sampling.denoise import is_guided
+
 SEED_MAX = 2**63 - 1
 
 
@@ -76,7 +78,7 @@ class JobRequest:
 
     @property
     def guided(self) -> bool:
-        return self.class_label is not None and self.guidance_scale not in (0.0, 1.0)
+        return is_guided(self.class_label, self.guidance_scale)
 
     @property
     def rows_per_step(self) -> int:

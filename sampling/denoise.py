@@ -39,8 +39,16 @@ class RowState:
 
     @property
     def guided(self) -> bool:
-        """Whether this row needs both a conditional and an unconditional prediction."""
-        return self.class_label is not None and self.guidance_scale not in (0.0, 1.0)
+        return is_guided(self.class_label, self.guidance_scale)
+
+
+def is_guided(class_label: int | None, guidance_scale: float) -> bool:
+    """Whether an image needs both a conditional and an unconditional prediction per step.
+
+    Guidance 1 is the plain conditional model and 0 the plain unconditional one; a null class
+    is unconditional whatever the scale. Only the rest cost two denoiser rows.
+    """
+    return class_label is not None and guidance_scale not in (0.0, 1.0)
 
 
 def start_row(
@@ -80,11 +88,11 @@ def build_model_batch(rows: Sequence[RowState], null_class: int) -> ModelBatch:
     uncond = np.full(len(rows), -1, dtype=np.int64)
     for i, row in enumerate(rows):
         t = float(row.plan.timesteps[row.step])
-        use_class = row.class_label is not None and row.guidance_scale != 0.0
+        conditional = row.class_label is not None and row.guidance_scale != 0.0
         cond[i] = len(labels)
         samples.append(row.x)
         timesteps.append(t)
-        labels.append(row.class_label if use_class and row.class_label is not None else null_class)
+        labels.append(row.class_label if conditional and row.class_label is not None else null_class)
         if row.guided:
             uncond[i] = len(labels)
             samples.append(row.x)
