@@ -149,13 +149,14 @@ def test_progress_is_reported_while_running(stack: Stack) -> None:
     with httpx.Client(base_url=stack.base_url, timeout=10) as client:
         job = client.post("/v1/jobs", json={"class_label": 2, "steps": 300, "sampler": "ddim"}).json()
         seen = set()
-        final = None
-        for _ in range(2000):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
             final = client.get(f"/v1/jobs/{job['id']}").json()
             seen.add(final["progress"]["step"])
-            if final["status"] == "succeeded":
+            if final["status"] in ("succeeded", "failed"):
                 break
-        assert final is not None and final["status"] == "succeeded"
+            time.sleep(0.005)
+        assert final["status"] == "succeeded"
         assert len([s for s in seen if 0 < s < 300]) >= 2, seen
 
 
