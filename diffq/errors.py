@@ -51,10 +51,3 @@ class Unavailable(ServiceError):
     type = "unavailable"
     status = 503
     retryable = True
-
-
-class JobFailed(ServiceError):
-    """A job's own failure (stored on the job, not raised to HTTP clients)."""
-
-    type = "job_failed"
-    status = 500

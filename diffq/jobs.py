@@ -26,7 +26,6 @@ class Status(StrEnum):
 
 
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
-ACTIVE = frozenset({Status.QUEUED, Status.RUNNING})
 
 # Every allowed move. running -> queued is a reclaim: a worker died and the job goes back.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
@@ -43,11 +42,6 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 
 class InvalidTransition(Exception):
     pass
-
-
-def sources_of(target: Status) -> frozenset[Status]:
-    """The statuses from which ``target`` may be reached (what the store checks atomically)."""
-    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
 
 
 def new_job_id() -> str:

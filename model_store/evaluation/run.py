@@ -44,10 +44,13 @@ class EvalConfig:
 
 DEFAULT_CONFIGS = [
     EvalConfig("ddpm", 1000, 1.0),
+    EvalConfig("ddpm", 1000, 1.5),
     EvalConfig("ddpm", 1000, 3.0),
     EvalConfig("dpmpp_2m", 4, 1.0),
     EvalConfig("dpmpp_2m", 4, 3.0),
     EvalConfig("dpmpp_2m", 8, 1.0),
+    EvalConfig("dpmpp_2m", 8, 1.5),
+    EvalConfig("dpmpp_2m", 8, 2.0),
     EvalConfig("dpmpp_2m", 8, 3.0),
     EvalConfig("dpmpp_2m", 16, 1.0),
     EvalConfig("dpmpp_2m", 16, 3.0),
