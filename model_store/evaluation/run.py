@@ -155,9 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         results.append(row)
         print(json.dumps(row), flush=True)
 
-    grid_cfg = EvalConfig(
-        stored.manifest.sampling.default_sampler, stored.manifest.sampling.default_steps, 3.0
-    )
+    defaults = stored.manifest.sampling
+    grid_cfg = EvalConfig(defaults.default_sampler, defaults.default_steps, defaults.default_guidance_scale)
     save_grid(
         generate(engine, grid_cfg, np.repeat(np.arange(10), 10), seed=7), 10, stored.directory / "samples.png"
     )
