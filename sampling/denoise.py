@@ -88,11 +88,12 @@ def build_model_batch(rows: Sequence[RowState], null_class: int) -> ModelBatch:
     uncond = np.full(len(rows), -1, dtype=np.int64)
     for i, row in enumerate(rows):
         t = float(row.plan.timesteps[row.step])
-        conditional = row.class_label is not None and row.guidance_scale != 0.0
+        # Guidance 0 is the unconditional model: its only row carries the "no class" label.
+        label = row.class_label if row.class_label is not None and row.guidance_scale != 0.0 else null_class
         cond[i] = len(labels)
         samples.append(row.x)
         timesteps.append(t)
-        labels.append(row.class_label if conditional and row.class_label is not None else null_class)
+        labels.append(label)
         if row.guided:
             uncond[i] = len(labels)
             samples.append(row.x)

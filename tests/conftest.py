@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from diffq.serve import free_port, start_valkey
+from diffq.serve import free_port, start_valkey, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,25 +51,15 @@ class Stack:
         port = free_port()
         self.base_url = f"http://127.0.0.1:{port}"
         self._spawn("gateway", ["gateway"], {"PORT": str(port)})
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base_url}/livez", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"gateway did not start; log: {self.read_log('gateway')}")
+        if not wait_for_http(f"{self.base_url}/livez", timeout=30):
+            raise RuntimeError(f"gateway did not start; log: {self.read_log('gateway')}")
 
     def start_worker(self, name: str, **env: str) -> None:
         self._spawn(name, ["worker", "--name", name], env)
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                return
-            time.sleep(0.2)
-        raise RuntimeError("stack not ready: " + httpx.get(f"{self.base_url}/readyz").text)
+        if not wait_for_http(f"{self.base_url}/readyz", timeout):
+            raise RuntimeError("stack not ready: " + httpx.get(f"{self.base_url}/readyz").text)
 
     def _spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> None:
         assert self.logs is not None

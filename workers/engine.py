@@ -122,7 +122,5 @@ class Engine:
         s.last_seconds, s.last_rows = elapsed, len(timestep)
         return np.asarray(out)
 
-    __call__ = run
-
 
 _ORT_TYPES = {"float32": "float", "float16": "float16", "int64": "int64"}

@@ -161,17 +161,19 @@ class Worker:
         if job.status == Status.RUNNING:  # reclaimed from a dead worker: back through queued
             requeued = transition(job, Status.QUEUED, now)
             if not self.store.save_transition(job, requeued):
-                return self._skip(claimed)
+                self._skip(claimed)
+                return
             job = requeued
         running = transition(job, Status.RUNNING, now, worker=self.worker_id)
         if not self.store.save_transition(job, running):
-            return self._skip(claimed)
+            self._skip(claimed)
+            return
         req = running.request
         try:
             plan = get_plan(self.manifest.schedule.to_config(), req.sampler, req.steps)
         except ValueError as e:
             self._finish_failed(InFlight(running, claimed.entry_id, []), "invalid_request", str(e))
-            return None
+            return
         rows = [
             start_row(
                 plan, image_seed(req.seed, i), req.class_label, req.guidance_scale, self.manifest.image_shape
@@ -180,7 +182,6 @@ class Worker:
         ]
         self.active[job.id] = InFlight(running, claimed.entry_id, rows)
         log.info("job state", extra={"job_id": job.id, "status": "running", "worker": self.worker_id})
-        return None
 
     def _skip(self, claimed: Claimed) -> None:
         self.store.ack(self.model, [claimed.entry_id])

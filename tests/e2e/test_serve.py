@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from diffq.serve import free_port
+from diffq.serve import free_port, wait_for_http
 from tests.conftest import ROOT, wait_for
 
 
@@ -50,15 +49,7 @@ def test_serve_runs_the_stack_and_stops_on_sigint(tmp_path: Path) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
+        if not wait_for_http(f"{base}/readyz", timeout=90):
             raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
 
         commands = [cmd for _, cmd in children_of(proc.pid)]
