@@ -25,6 +25,14 @@ class Status(StrEnum):
     EXPIRED = "expired"
 
 
+class ErrorType(StrEnum):
+    """Why a job failed: the stable ``error.type`` of a failed job."""
+
+    INVALID_REQUEST = "invalid_request"  # passed the gateway, but the worker's model refuses it
+    INFERENCE_ERROR = "inference_error"  # the denoiser call raised
+    MAX_ATTEMPTS_EXCEEDED = "max_attempts_exceeded"  # delivered too often without finishing
+
+
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 
 # Every allowed move. running -> queued is a reclaim: a worker died and the job goes back.

@@ -29,6 +29,9 @@ class ServeSettings(BaseSettings):
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "DIFFQ_REDIS_URL"))
     var_dir: Path = Field(default=Path("var"), description="Where the embedded server keeps its data.")
     grace_seconds: float = Field(default=30.0, gt=0, description="How long children get to stop.")
+    worker_port: int = Field(
+        default=9200, ge=1, le=65000, description="worker-N serves probes and /metrics on this port + N."
+    )
 
 
 def free_port() -> int:
@@ -113,11 +116,20 @@ def serve(settings: ServeSettings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    def start_worker(i: int) -> subprocess.Popen[bytes]:
+        return _spawn(
+            ["worker", "--name", f"worker-{i}"], {**env, "DIFFQ_WORKER_PORT": str(settings.worker_port + i)}
+        )
+
     gateway = _spawn(["gateway"], env)
-    workers = {i: _spawn(["worker", "--name", f"worker-{i}"], env) for i in range(settings.workers)}
+    workers = {i: start_worker(i) for i in range(settings.workers)}
     base = f"http://127.0.0.1:{settings.port}"
     if wait_for_http(f"{base}/livez"):
         print(f"diffq ready on {base} with {settings.workers} worker(s); Ctrl-C stops", flush=True)
+        print(
+            f"metrics: {base}/metrics and, per worker, http://127.0.0.1:{settings.worker_port}+N/metrics",
+            flush=True,
+        )
     code = 0
     try:
         while not stopping:
@@ -128,7 +140,7 @@ def serve(settings: ServeSettings) -> int:
             for i, proc in list(workers.items()):
                 if proc.poll() is not None:
                     print(f"worker-{i} exited with {proc.returncode}; restarting", flush=True)
-                    workers[i] = _spawn(["worker", "--name", f"worker-{i}"], env)
+                    workers[i] = start_worker(i)
             time.sleep(0.5)
     finally:
         _stop([*workers.values()], settings.grace_seconds)

@@ -43,6 +43,10 @@ class CommonSettings(BaseSettings):
         default=2.0, gt=0, le=60, description="How often workers report they are alive."
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the process's HTTP server listens on (0.0.0.0 in containers).",
+    )
 
     @property
     def worker_liveness_seconds(self) -> float:

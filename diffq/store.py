@@ -6,6 +6,7 @@ The only module that talks to Redis. Layout (``<p>`` is the key prefix):
 - ``<p>:job:<id>:images``  hash: image index -> PNG bytes
 - ``<p>:queue:<model>``    stream of job ids, one consumer group ``workers`` per model
 - ``<p>:workers:<model>``  sorted set: worker id -> last heartbeat (unix seconds)
+- ``<p>:dead:<model>``     stream of jobs given up after too many deliveries (dead letters)
 
 Status changes are compare-and-set on the status the caller read, so a worker finishing a job
 and a client cancelling it cannot both win. Records expire ``ttl`` seconds after their last
@@ -31,8 +32,8 @@ GROUP = "workers"
 
 # Create the record, enqueue its id and remember the stream entry, in one step.
 _SUBMIT = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1], 'work', ARGV[3])
 redis.call('HSET', KEYS[1], 'entry', entry)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return entry
@@ -53,6 +54,37 @@ if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]
 return 'OK'
 """
 
+# What waits in a model's stream for a worker: entries after the group's last delivered id
+# whose job is still queued (a cancelled or expired job's entry stays until a worker skips
+# it), their denoiser work and the age of the oldest, by the server's clock. Summed here, so
+# a scrape moves three numbers, not the backlog. Scans at most ARGV[2] entries. The job keys
+# are built from ARGV[3] (the prefix): fine on a single server, not on Redis Cluster.
+_QUEUE_STATS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, -1} end
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == ARGV[1] then last = f['last-delivered-id'] end
+end
+local depth, work, oldest = 0, 0, nil
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', ARGV[2])) do
+  local f = {}
+  for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
+  if f['job'] and redis.call('HGET', ARGV[3] .. ':job:' .. f['job'], 'status') == 'queued' then
+    depth = depth + 1
+    work = work + (tonumber(f['work']) or 0)
+    oldest = oldest or tonumber(string.match(e[1], '^(%d+)'))
+  end
+end
+local age = -1
+if oldest then
+  local t = redis.call('TIME')
+  age = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - oldest
+end
+return {depth, work, age}
+"""
+
 # Set one field on each existing record (KEYS[i] gets ARGV[i + 1]); never resurrect an
 # expired record as a fragment without a request.
 _SET_IF_EXISTS = """
@@ -61,6 +93,15 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A model's backlog: jobs not yet handed to a worker and their denoiser work."""
+
+    depth: int
+    evaluations: int
+    oldest_age_seconds: float | None  # None when nothing waits
 
 
 @dataclass(frozen=True)
@@ -87,6 +128,7 @@ class RedisStore:
         self._submit = self._r.register_script(_SUBMIT)
         self._transition = self._r.register_script(_TRANSITION)
         self._set_if_exists = self._r.register_script(_SET_IF_EXISTS)
+        self._queue_stats = self._r.register_script(_QUEUE_STATS)
 
     # keys -------------------------------------------------------------------------------
     def _job(self, job_id: str) -> str:
@@ -100,6 +142,9 @@ class RedisStore:
 
     def _workers(self, model: str) -> str:
         return f"{self.prefix}:workers:{model}"
+
+    def _dead(self, model: str) -> str:
+        return f"{self.prefix}:dead:{model}"
 
     # health -----------------------------------------------------------------------------
     def ping(self) -> bool:
@@ -115,7 +160,7 @@ class RedisStore:
     def submit(self, job: Job) -> str:
         """Persist a new queued job and enqueue it; returns its stream entry id."""
         fields = _encode(job)
-        args: list[Any] = [job.id, self.ttl]
+        args: list[Any] = [job.id, self.ttl, job.request.evaluations]
         for k, v in fields.items():
             args += [k, v]
         with _unavailable():
@@ -223,6 +268,16 @@ class RedisStore:
         entries = res[1] if len(res) > 1 else []
         return [Claimed(_s(eid), _s(fields[b"job"])) for eid, fields in entries if fields]
 
+    def dead_letter(self, model: str, job_id: str, attempts: int, keep: int = 10_000) -> None:
+        """Record a job given up on, for an operator to inspect (the newest ``keep`` are kept)."""
+        fields = {"job": job_id, "attempts": attempts, "at": repr(time.time())}
+        self._r.xadd(self._dead(model), fields, maxlen=keep, approximate=True)
+
+    def dead_letters(self, model: str, count: int = 100) -> list[dict[str, str]]:
+        with _unavailable():
+            entries = self._r.xrevrange(self._dead(model), count=count)
+        return [{_s(k): _s(v) for k, v in fields.items()} for _eid, fields in entries]
+
     def queue_position(self, model: str, entry_id: str, limit: int = 10_000) -> int | None:
         """1-based position among entries not yet handed to a worker; None once handed out."""
         with _unavailable():
@@ -234,15 +289,16 @@ class RedisStore:
 
     def queue_depth(self, model: str) -> int:
         """Entries waiting for a worker (not yet delivered)."""
+        return self.queue_stats(model).depth
+
+    def queue_stats(self, model: str, limit: int = 100_000) -> QueueStats:
+        """Jobs still queued and not yet delivered: how many, their denoiser evaluations and the
+        oldest one's age (entries scanned up to ``limit``; past that, lower bounds)."""
         with _unavailable():
-            try:
-                groups = self._r.xinfo_groups(self._queue(model))
-            except ResponseError:
-                return 0
-        for g in groups:
-            if _s(g["name"]) == GROUP:
-                return int(g.get("lag") or 0)
-        return 0
+            depth, work, age_ms = self._queue_stats(
+                keys=[self._queue(model)], args=[GROUP, limit, self.prefix]
+            )
+        return QueueStats(int(depth), int(work), None if int(age_ms) < 0 else int(age_ms) / 1000)
 
     # workers ----------------------------------------------------------------------------
     def heartbeat(self, model: str, worker_id: str, now: float | None = None) -> None:

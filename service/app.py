@@ -16,10 +16,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from diffq import __version__
 from diffq.errors import Conflict, NotFound, PayloadTooLarge, ServiceError
 from diffq.jobs import Job, Status, image_seed, new_job_id, transition
+from diffq.metrics import exposition
 from diffq.store import RedisStore
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
 from service.config import GatewaySettings
+from service.metrics import GatewayMetrics, RequestMetrics
 from service.requests import resolve
 from service.schemas import ErrorBody, Health, JobCreate, JobView, ModelList, ModelView
 
@@ -44,6 +46,8 @@ class State:
         self.settings = settings
         self.store = store
         self.models = models
+        self.metrics = GatewayMetrics()
+        self.metrics.watch_queue(store, list(models), settings.worker_liveness_seconds)
         self.default_model = settings.default_model or next(iter(models))
         if self.default_model not in models:
             raise ValueError(f"default model {self.default_model!r} is not in the model store")
@@ -69,8 +73,10 @@ def create_app(settings: GatewaySettings, store: RedisStore | None = None) -> Fa
         version=__version__,
         description="Submit diffusion generation jobs, poll them, fetch the images.",
     )
-    app.state.diffq = State(settings, store, models)
+    state = State(settings, store, models)
+    app.state.diffq = state
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)  # outermost: sees 413s too
     _install_error_handlers(app)
     _add_routes(app)
     return app
@@ -83,6 +89,7 @@ def _add_routes(app: FastAPI) -> None:
         req = resolve(body, state.models, state.default_model)
         job = Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time())
         entry = state.store.submit(job)
+        state.metrics.submitted.labels(req.model).inc()
         log.info("job state", extra={"job_id": job.id, "status": "queued", "model": req.model})
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return job_view(
@@ -127,6 +134,7 @@ def _add_routes(app: FastAPI) -> None:
                 return job_view(job, position=None, base=state.settings.public_base_url)
             cancelled = transition(job, Status.CANCELLED, time.time())
             if state.store.save_transition(job, cancelled):
+                state.metrics.finished.labels(job.request.model, "cancelled").inc()
                 log.info("job state", extra={"job_id": job_id, "status": "cancelled"})
                 return job_view(cancelled, position=None, base=state.settings.public_base_url)
         raise Conflict(f"job {job_id} changed state repeatedly; retry")
@@ -138,6 +146,12 @@ def _add_routes(app: FastAPI) -> None:
             default_model=state.default_model, models=[model_view(m) for m in state.models.values()]
         )
 
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(state: StateDep) -> Response:
+        """Prometheus exposition: this gateway's families (all processes) and the queue."""
+        body, content_type = exposition(state.metrics.registry())
+        return Response(content=body, media_type=content_type)
+
     @app.get("/livez", response_model=Health, tags=["health"])
     def livez() -> Health:
         """The process is up."""
@@ -145,17 +159,20 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
     def readyz(state: StateDep) -> JSONResponse:
-        """Redis reachable and at least one live worker for every served model."""
-        checks = {"redis": state.store.ping()}
-        for name in state.models:
+        """Can take jobs: Redis answers. Live workers are reported, not required, so a gateway
+        stays ready while workers scale from zero on the backlog it queues."""
+        redis_ok = state.store.ping()
+        workers: dict[str, int] = {}
+        if redis_ok:
             try:
-                live = state.store.live_workers(name, state.settings.worker_liveness_seconds) > 0
+                for name in state.models:
+                    workers[name] = state.store.live_workers(name, state.settings.worker_liveness_seconds)
             except ServiceError:
-                live = False
-            checks[f"workers:{name}"] = live
-        ok = all(checks.values())
-        body = Health(status="ready" if ok else "not ready", checks=checks)
-        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+                redis_ok = False
+        body = Health(
+            status="ready" if redis_ok else "not ready", checks={"redis": redis_ok}, workers=workers
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if redis_ok else 503)
 
 
 def _load(state: State, job_id: str) -> Job:

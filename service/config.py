@@ -8,7 +8,6 @@ from diffq.settings import CommonSettings
 
 
 class GatewaySettings(CommonSettings):
-    host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(
         default=8000,
         ge=1,
@@ -21,6 +20,13 @@ class GatewaySettings(CommonSettings):
     )
     max_body_bytes: int = Field(
         default=16 * 1024, ge=256, le=1 << 20, description="Largest accepted request body."
+    )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        validation_alias=AliasChoices("DIFFQ_GATEWAY_PROCESSES"),
+        description="uvicorn worker processes; metrics are merged across them.",
     )
     public_base_url: str = Field(
         default="", description="Prefix for image URLs in job views; empty = relative URLs."

@@ -1,15 +1,66 @@
-"""`diffq gateway`: run the HTTP gateway under uvicorn."""
+"""`diffq gateway`: run the HTTP gateway under uvicorn, in one or several processes.
+
+With several processes, Prometheus values live in files under ``PROMETHEUS_MULTIPROC_DIR``
+and each scrape merges them. The directory must exist, be empty at start (files left by an
+earlier run would be counted again) and be set before ``prometheus_client`` is imported, so
+this module imports the app only inside the functions below.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import uvicorn
+from fastapi import FastAPI
 
 from diffq.logs import setup_logging
-from service.app import create_app
 from service.config import GatewaySettings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # not from diffq.metrics: that imports prometheus_client
+
+
+def prepare_metrics_dir() -> tuple[Path, bool]:
+    """An empty multiprocess directory: ``PROMETHEUS_MULTIPROC_DIR`` if set, else a new temp dir
+    (and whether it is ours to remove)."""
+    configured = os.environ.get(MULTIPROC_ENV)
+    path = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="diffq-prom-"))
+    if configured and path.exists():
+        for child in path.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = str(path)  # inherited by uvicorn's worker processes
+    return path, not configured
+
+
+def app_factory() -> FastAPI:
+    """What each uvicorn process builds (settings read from the environment, once)."""
+    from service.app import create_app
+
+    settings = GatewaySettings()
+    setup_logging(settings.log_level)
+    return create_app(settings)
 
 
 def run_gateway(settings: GatewaySettings) -> None:
     setup_logging(settings.log_level)
-    app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    metrics_dir, ours = prepare_metrics_dir()
+    try:
+        uvicorn.run(
+            "service.main:app_factory",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.processes,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if ours:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -119,3 +119,6 @@ class ErrorBody(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, bool] = Field(default_factory=dict)
+    workers: dict[str, int] | None = Field(
+        default=None, description="Live workers per model (informational: jobs queue without them)."
+    )

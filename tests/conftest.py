@@ -46,6 +46,7 @@ class Stack:
     base_url: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: Path | None = None
+    worker_urls: dict[str, str] = field(default_factory=dict)  # name -> its probes/metrics server
 
     def start_gateway(self) -> None:
         port = free_port()
@@ -55,11 +56,15 @@ class Stack:
             raise RuntimeError(f"gateway did not start; log: {self.read_log('gateway')}")
 
     def start_worker(self, name: str, **env: str) -> None:
-        self._spawn(name, ["worker", "--name", name], env)
+        port = free_port()
+        self.worker_urls[name] = f"http://127.0.0.1:{port}"
+        self._spawn(name, ["worker", "--name", name], {"DIFFQ_WORKER_PORT": str(port), **env})
 
     def wait_ready(self, timeout: float = 60) -> None:
-        if not wait_for_http(f"{self.base_url}/readyz", timeout):
-            raise RuntimeError("stack not ready: " + httpx.get(f"{self.base_url}/readyz").text)
+        """Until the gateway and every started worker answer ``/readyz`` with 200."""
+        for url in [self.base_url, *self.worker_urls.values()]:
+            if not wait_for_http(f"{url}/readyz", timeout):
+                raise RuntimeError(f"{url} not ready; logs: {[self.read_log(n) for n in self.procs]}")
 
     def _spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> None:
         assert self.logs is not None
@@ -98,9 +103,10 @@ def stack_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
         DIFFQ_KEY_PREFIX=prefix,
         DIFFQ_HEARTBEAT_SECONDS="0.5",
         DIFFQ_INTRA_OP_THREADS="2",
+        DIFFQ_WORKER_PORT=str(free_port()),  # Stack.start_worker gives each worker its own
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 

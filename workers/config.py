@@ -30,4 +30,19 @@ class WorkerSettings(CommonSettings):
     providers: tuple[str, ...] | None = Field(
         default=None, description="onnxruntime providers; default: auto."
     )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Deliveries after which a job that never finishes goes to the dead-letter stream.",
+    )
+    worker_port: int = Field(
+        default=9200, ge=1, le=65535, description="HTTP port for /livez, /readyz and /metrics."
+    )
+    stall_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="/livez fails once the worker loop has not gone round for this long.",
+    )
     worker_id: str | None = Field(default=None, description="Consumer name; default: host-pid.")

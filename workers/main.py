@@ -1,4 +1,8 @@
-"""`diffq worker`: load the model (checksum verified) and serve its queue."""
+"""`diffq worker`: load the model (checksum verified) and serve its queue.
+
+The HTTP port (probes and metrics) opens first, so a slow model load shows as live but not
+ready rather than as a dead container.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,17 @@ from diffq.store import RedisStore
 from model_store.store import ModelStore
 from workers.config import WorkerSettings
 from workers.engine import Engine, EngineOptions
+from workers.http import WorkerHealth, start_http
+from workers.metrics import WorkerMetrics
 from workers.worker import Worker, install_signal_handlers
 
 log = logging.getLogger("diffq.worker")
 
 
-def build_worker(settings: WorkerSettings) -> Worker:
+def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -> Worker:
     store_root = ModelStore(settings.model_store)
     stored = store_root.get(settings.model) if settings.model else store_root.models()[0]
+    metrics = WorkerMetrics(stored.manifest.name, health.registry if health else None)
     engine = Engine(
         stored.verify(),
         stored.manifest,
@@ -33,7 +40,7 @@ def build_worker(settings: WorkerSettings) -> Worker:
     store = RedisStore(
         settings.redis_url, settings.key_prefix, settings.result_ttl_seconds, settings.redis_timeout_seconds
     )
-    worker = Worker(settings, store, engine)
+    worker = Worker(settings, store, engine, metrics=metrics)
     if settings.worker_id:
         worker.worker_id = settings.worker_id
     return worker
@@ -41,6 +48,15 @@ def build_worker(settings: WorkerSettings) -> Worker:
 
 def run_worker(settings: WorkerSettings, burst: bool = False) -> None:
     setup_logging(settings.log_level)
-    worker = build_worker(settings)
-    install_signal_handlers(worker)
-    worker.run(burst=burst)
+    health = WorkerHealth(stall_seconds=settings.stall_seconds)
+    server = start_http(settings.host, settings.worker_port, health)
+    try:
+        worker = build_worker(settings, health)
+        health.last_tick = lambda: worker.last_tick
+        health.redis_ok = worker.store.ping
+        health.stopping = worker.stop.is_set
+        health.loaded = True
+        install_signal_handlers(worker)
+        worker.run(burst=burst)
+    finally:
+        server.shutdown()

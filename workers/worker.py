@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from diffq.jobs import Job, JobError, Status, image_seed, transition
+from diffq.jobs import ErrorType, Job, JobError, Status, image_seed, transition
 from diffq.store import Claimed, RedisStore
 from model_store.manifest import Manifest
 from sampling.denoise import RowState, denoise_step, start_row, to_uint8
@@ -27,6 +27,7 @@ from sampling.registry import get_plan
 from workers.batching import BatchPolicy, admit, free_rows, keep_gathering
 from workers.config import WorkerSettings
 from workers.engine import Engine
+from workers.metrics import WorkerMetrics
 
 log = logging.getLogger("diffq.worker")
 
@@ -53,10 +54,15 @@ class Worker:
     engine: Engine
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     stop: threading.Event = field(default_factory=threading.Event)
+    metrics: WorkerMetrics | None = None
 
     def __post_init__(self) -> None:
         self.manifest: Manifest = self.engine.manifest
         self.model = self.manifest.name
+        if self.metrics is None:
+            self.metrics = WorkerMetrics(self.model)
+        self.metrics.loaded(self.engine.load_seconds)
+        self.last_tick: float | None = None  # monotonic time the loop last went round
         self.policy = BatchPolicy(self.settings.max_batch_rows, self.settings.max_wait_ms / 1000)
         self.active: dict[str, InFlight] = {}
         self.waiting: list[tuple[Claimed, Job]] = []
@@ -70,6 +76,7 @@ class Worker:
         log.info("worker started", extra={"worker": self.worker_id, "model": self.model})
         try:
             while True:
+                self.last_tick = time.monotonic()
                 self._heartbeat()
                 if not self.stop.is_set():
                     self._take_work()
@@ -81,7 +88,9 @@ class Worker:
                 self._drop_cancelled()
                 if self.active:
                     self._step()
+                self._report_in_flight()
         finally:
+            self._report_in_flight()
             self.store.remove_worker(self.model, self.worker_id)
             log.info("worker stopped", extra={"worker": self.worker_id})
 
@@ -147,6 +156,7 @@ class Worker:
         claimed = self.store.reclaim(self.model, self.worker_id, int(self.settings.lease_seconds * 1000))
         if claimed:
             log.warning("reclaimed jobs", extra={"count": len(claimed), "worker": self.worker_id})
+            self._metrics.reclaimed(len(claimed))
         self.waiting += self._with_records(claimed)
         return bool(claimed)
 
@@ -158,21 +168,26 @@ class Worker:
 
     def _start(self, claimed: Claimed, job: Job) -> None:
         now = time.time()
+        if job.attempts >= self.settings.max_attempts:  # it took down or failed every worker so far
+            self._dead_letter(claimed, job)
+            return
         if job.status == Status.RUNNING:  # reclaimed from a dead worker: back through queued
             requeued = transition(job, Status.QUEUED, now)
             if not self.store.save_transition(job, requeued):
                 self._skip(claimed)
                 return
+            log.info("job state", extra={"job_id": job.id, "status": "queued", "reason": "reclaimed"})
             job = requeued
         running = transition(job, Status.RUNNING, now, worker=self.worker_id)
         if not self.store.save_transition(job, running):
             self._skip(claimed)
             return
+        self._metrics.started(running)
         req = running.request
         try:
             plan = get_plan(self.manifest.schedule.to_config(), req.sampler, req.steps)
         except ValueError as e:
-            self._finish_failed(InFlight(running, claimed.entry_id, []), "invalid_request", str(e))
+            self._finish_failed(InFlight(running, claimed.entry_id, []), ErrorType.INVALID_REQUEST, str(e))
             return
         rows = [
             start_row(
@@ -186,6 +201,34 @@ class Worker:
     def _skip(self, claimed: Claimed) -> None:
         self.store.ack(self.model, [claimed.entry_id])
 
+    def _dead_letter(self, claimed: Claimed, job: Job) -> None:
+        """Park a job delivered ``max_attempts`` times without finishing: it fails, the others go on."""
+        message = f"gave up after {job.attempts} attempts; the job is kept in the dead-letter stream"
+        failed = transition(
+            job, Status.FAILED, time.time(), error=JobError(ErrorType.MAX_ATTEMPTS_EXCEEDED, message)
+        )
+        if self.store.save_transition(job, failed):
+            self.store.dead_letter(self.model, job.id, job.attempts)
+            self._metrics.dead_lettered()
+            self._metrics.finished_job(failed)
+            log.warning(
+                "job state",
+                extra={
+                    "job_id": job.id,
+                    "status": "failed",
+                    "error_type": ErrorType.MAX_ATTEMPTS_EXCEEDED.value,
+                },
+            )
+        self._skip(claimed)
+
+    @property
+    def _metrics(self) -> WorkerMetrics:
+        assert self.metrics is not None
+        return self.metrics
+
+    def _report_in_flight(self) -> None:
+        self._metrics.in_flight(len(self.active), sum(len(f.rows) for f in self.active.values()))
+
     def _drop_cancelled(self) -> None:
         if not self.active:
             return
@@ -193,11 +236,14 @@ class Worker:
             flight = self.active.pop(job_id)
             current = self.store.get(job_id) or flight.job
             if not current.terminal:
-                self.store.save_transition(current, transition(current, Status.CANCELLED, time.time()))
+                cancelled = transition(current, Status.CANCELLED, time.time())
+                if self.store.save_transition(current, cancelled):
+                    self._metrics.finished_job(cancelled)
             self.store.ack(self.model, [flight.entry_id])
             log.info("job state", extra={"job_id": job_id, "status": "cancelled"})
 
     def _step(self) -> None:
+        started = time.perf_counter()
         flights = list(self.active.values())
         rows = [r for f in flights for r in f.rows]
         try:
@@ -207,8 +253,9 @@ class Worker:
         except Exception as e:  # the model failed: these jobs fail, the worker goes on
             log.exception("denoiser call failed")
             for f in flights:
-                self._finish_failed(f, "inference_error", f"denoiser call failed: {type(e).__name__}")
+                self._finish_failed(f, ErrorType.INFERENCE_ERROR, f"denoiser call failed: {type(e).__name__}")
             return
+        stats = self.engine.stats
         k = 0
         for f in flights:
             f.rows = stepped[k : k + len(f.rows)]
@@ -217,6 +264,7 @@ class Worker:
         for f in flights:
             if f.done:
                 self._finish_succeeded(f)
+        self._metrics.step(len(rows), stats.last_rows, stats.last_seconds, time.perf_counter() - started)
 
     def _finish_succeeded(self, f: InFlight) -> None:
         pngs = [encode_png(to_uint8(r.x)) for r in f.rows]
@@ -228,18 +276,20 @@ class Worker:
         else:
             stored = False  # cancelled at the last step, or expired
         if stored:
+            self._metrics.finished_job(done)
             log.info("job state", extra={"job_id": f.job.id, "status": "succeeded"})
         else:
             self.store.delete_images(f.job.id)
         self.store.ack(self.model, [f.entry_id])
         self.active.pop(f.job.id, None)
 
-    def _finish_failed(self, f: InFlight, kind: str, message: str) -> None:
+    def _finish_failed(self, f: InFlight, kind: ErrorType, message: str) -> None:
         current = self.store.get(f.job.id) or f.job
         if not current.terminal:
             failed = transition(current, Status.FAILED, time.time(), error=JobError(kind, message))
-            self.store.save_transition(current, failed)
-            log.info("job state", extra={"job_id": f.job.id, "status": "failed", "error_type": kind})
+            if self.store.save_transition(current, failed):
+                self._metrics.finished_job(failed)
+            log.info("job state", extra={"job_id": f.job.id, "status": "failed", "error_type": kind.value})
         self.store.ack(self.model, [f.entry_id])
         self.active.pop(f.job.id, None)
 

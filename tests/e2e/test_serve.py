@@ -42,7 +42,14 @@ def children_of(pid: int) -> list[tuple[int, str]]:
 def test_serve_runs_the_stack_and_stops_on_sigint(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFQ_") and k != "REDIS_URL"}
-    env.update(PORT=str(port), WORKERS="2", DIFFQ_VAR_DIR=str(tmp_path / "var"), PYTHONUNBUFFERED="1")
+    worker_port = free_port()  # worker-N listens on worker_port + N
+    env.update(
+        PORT=str(port),
+        WORKERS="2",
+        DIFFQ_VAR_DIR=str(tmp_path / "var"),
+        DIFFQ_WORKER_PORT=str(worker_port),
+        PYTHONUNBUFFERED="1",
+    )
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "diffq", "serve"], env=env, cwd=ROOT, stdout=log, stderr=log
@@ -63,6 +70,11 @@ def test_serve_runs_the_stack_and_stops_on_sigint(tmp_path: Path) -> None:
             done = wait_for(client, job["id"], {"succeeded", "failed"})
             assert done["status"] == "succeeded"
             assert client.get(done["images"][0]["url"]).headers["content-type"] == "image/png"
+            assert "diffq_jobs_submitted_total" in client.get("/metrics").text
+        for n in range(2):  # each worker serves its own probes and metrics
+            url = f"http://127.0.0.1:{worker_port + n}"
+            assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+            assert "diffq_denoiser_call_duration_seconds" in httpx.get(f"{url}/metrics", timeout=5).text
 
         pids = [pid for pid, _ in children_of(proc.pid)]
         proc.send_signal(signal.SIGINT)

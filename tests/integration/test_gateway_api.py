@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from diffq.serve import free_port
 from tests.conftest import Stack, stack_env
 
 
@@ -149,12 +150,21 @@ def test_models_lists_the_contract(gateway: httpx.Client) -> None:
     assert m["image"] == {"channels": 1, "height": 28, "width": 28}
 
 
-def test_health_without_workers(gateway: httpx.Client) -> None:
+def test_ready_without_workers_reports_them(gateway: httpx.Client) -> None:
+    # Jobs queue while workers scale up from zero, so the gateway stays ready without them.
     assert gateway.get("/livez").json()["status"] == "ok"
     r = gateway.get("/readyz")
-    assert r.status_code == 503
-    checks = r.json()["checks"]
-    assert checks["redis"] is True and not any(v for k, v in checks.items() if k.startswith("workers:"))
+    assert r.status_code == 200
+    assert r.json()["checks"] == {"redis": True}
+    assert r.json()["workers"] == {"mnist-cfg-unet": 0}
+
+
+def test_not_ready_without_redis(make_stack) -> None:  # type: ignore[no-untyped-def]
+    stack = make_stack(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    stack.start_gateway()
+    r = httpx.get(f"{stack.base_url}/readyz", timeout=10)
+    assert r.status_code == 503 and r.json()["checks"] == {"redis": False}
+    assert httpx.get(f"{stack.base_url}/livez", timeout=10).status_code == 200
 
 
 def test_unknown_route_is_json_404(gateway: httpx.Client) -> None:

@@ -135,3 +135,30 @@ def test_records_and_images_expire_after_the_ttl(valkey: str, prefix: str) -> No
     assert short.get(job.id) is not None
     time.sleep(1.3)
     assert short.get(job.id) is None and short.get_image(job.id, 0) is None
+
+
+def test_queue_stats_count_waiting_work_until_claimed(store: RedisStore) -> None:
+    empty = store.queue_stats(MODEL)
+    assert (empty.depth, empty.evaluations, empty.oldest_age_seconds) == (0, 0, None)
+    jobs = [new_job(i, num_images=n) for i, n in enumerate((1, 3, 2))]
+    for job in jobs:
+        store.submit(job)
+    stats = store.queue_stats(MODEL)
+    assert stats.depth == 3
+    # images x steps: guidance 1.0 is plain conditional, one denoiser row per image.
+    assert stats.evaluations == sum(j.request.evaluations for j in jobs) == (1 + 3 + 2) * 4
+    assert stats.oldest_age_seconds is not None and 0 <= stats.oldest_age_seconds < 30
+    store.claim(MODEL, "w1", 1, None)
+    after = store.queue_stats(MODEL)
+    assert (after.depth, after.evaluations) == (2, (3 + 2) * 4)
+    # A cancelled job's entry stays in the stream until a worker skips it; it is not work.
+    assert store.save_transition(jobs[1], transition(jobs[1], Status.CANCELLED, time.time()))
+    assert store.queue_stats(MODEL).evaluations == 2 * 4
+    assert store.queue_stats("no-such-model").depth == 0
+
+
+def test_dead_letters_are_kept_newest_first(store: RedisStore) -> None:
+    store.dead_letter(MODEL, "a" * 32, 3)
+    store.dead_letter(MODEL, "b" * 32, 4)
+    letters = store.dead_letters(MODEL)
+    assert [(d["job"], d["attempts"]) for d in letters] == [("b" * 32, "4"), ("a" * 32, "3")]

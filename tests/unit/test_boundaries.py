@@ -20,8 +20,9 @@ print(",".join(loaded))
     ("module", "forbidden"),
     [
         ("workers.main", ["fastapi", "starlette", "uvicorn", "torch"]),
-        ("service.main", ["onnxruntime", "torch"]),
-        ("diffq.cli", ["fastapi", "onnxruntime", "torch", "redis"]),
+        # prometheus_client must wait until the gateway has set up its multiprocess directory.
+        ("service.main", ["onnxruntime", "torch", "prometheus_client"]),
+        ("diffq.cli", ["fastapi", "onnxruntime", "torch", "redis", "prometheus_client"]),
         ("diffq.serve", ["fastapi", "onnxruntime", "torch"]),
     ],
 )

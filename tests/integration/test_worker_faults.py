@@ -1,0 +1,73 @@
+"""Retries, reclaims and dead letters, with a real worker (in this process, burst mode) and
+the shipped model: the job records say what happened, and the worker's metrics count it."""
+
+from __future__ import annotations
+
+import time
+
+from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
+from diffq.store import RedisStore
+from model_store.store import ModelStore
+from workers.config import WorkerSettings
+from workers.main import build_worker
+
+MODEL = ModelStore().get("mnist-cfg-unet").manifest.name
+
+
+def settings(valkey: str, prefix: str, **extra: object) -> WorkerSettings:
+    return WorkerSettings(
+        redis_url=valkey, key_prefix=prefix, intra_op_threads=2, heartbeat_seconds=0.2, **extra
+    )
+
+
+def queued(seed: int, attempts: int = 0) -> Job:
+    req = JobRequest(MODEL, seed % 10, 1, 3, "ddim", 1.0, seed)
+    return Job(new_job_id(), req, Status.QUEUED, time.time(), attempts=attempts)
+
+
+def test_poison_job_is_dead_lettered_and_the_rest_go_on(valkey: str, prefix: str) -> None:
+    store = RedisStore(valkey, prefix=prefix)
+    store.ensure_group(MODEL)
+    poison, healthy = queued(1, attempts=3), queued(2)
+    store.submit(poison)
+    store.submit(healthy)
+
+    worker = build_worker(settings(valkey, prefix, max_attempts=3, worker_id="w-dl"))
+    worker.run(burst=True)
+
+    failed, done = store.get(poison.id), store.get(healthy.id)
+    assert failed is not None and failed.status == Status.FAILED
+    assert failed.error is not None and failed.error.type == "max_attempts_exceeded"
+    assert done is not None and done.status == Status.SUCCEEDED
+    assert [d["job"] for d in store.dead_letters(MODEL)] == [poison.id]
+    reg = worker._metrics.registry
+    labels = {"model": MODEL}
+    assert reg.get_sample_value("diffq_dead_letters_total", labels) == 1
+    assert (
+        reg.get_sample_value("diffq_job_errors_total", {**labels, "error_type": "max_attempts_exceeded"}) == 1
+    )
+    assert reg.get_sample_value("diffq_jobs_finished_total", {**labels, "status": "failed"}) == 1
+    assert reg.get_sample_value("diffq_jobs_finished_total", {**labels, "status": "succeeded"}) == 1
+    assert reg.get_sample_value("diffq_images_generated_total", labels) == 1
+
+
+def test_job_of_a_dead_worker_is_reclaimed_and_counted_as_a_retry(valkey: str, prefix: str) -> None:
+    store = RedisStore(valkey, prefix=prefix)
+    store.ensure_group(MODEL)
+    job = queued(3)
+    store.submit(job)
+    # A worker claims it, starts it, and dies without renewing its lease.
+    assert len(store.claim(MODEL, "ghost", 1, None)) == 1
+    assert store.save_transition(job, transition(job, Status.RUNNING, time.time(), worker="ghost"))
+    time.sleep(0.6)
+
+    worker = build_worker(settings(valkey, prefix, lease_seconds=0.5, worker_id="w-rc"))
+    worker.run(burst=True)
+
+    done = store.get(job.id)
+    assert done is not None and done.status == Status.SUCCEEDED and done.worker == "w-rc"
+    assert done.attempts == 2
+    reg = worker._metrics.registry
+    assert reg.get_sample_value("diffq_job_reclaims_total", {"model": MODEL}) == 1
+    assert reg.get_sample_value("diffq_job_retries_total", {"model": MODEL}) == 1
+    assert store.queue_stats(MODEL).depth == 0
