@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 
-.PHONY: run test lint typecheck unit eval train export bench clean
+.PHONY: run test lint typecheck unit chaos eval train export bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -36,6 +36,10 @@ test: $(DEV_STAMP)
 
 unit: $(DEV_STAMP)
 	$(PY) -m pytest -q tests/unit
+
+## Kill workers and Valkey under a steady load for MINUTES (default 2); fails if a job is lost or duplicated
+chaos: $(DEV_STAMP)
+	$(PY) -m tests.chaos --minutes $${MINUTES:-2}
 
 ## Train the reference model (about 20-30 minutes on 2 CPU cores), then export it
 train: $(DEV_STAMP)

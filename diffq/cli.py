@@ -1,4 +1,4 @@
-"""The `diffq` command: serve | gateway | worker | submit | openapi | train | export | eval.
+"""The `diffq` command: serve | gateway | worker | submit | keygen | openapi | train | export | eval.
 
 Subcommands import only what they run, so `diffq worker` never loads the web stack and
 `diffq gateway` never loads onnxruntime.
@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--model", default=None)
     s.add_argument("--out", type=Path, default=Path("."))
     s.add_argument("--timeout", type=float, default=300.0)
+    s.add_argument("--priority", choices=["high", "normal", "low"], default=None)
+    s.add_argument("--api-key", default=None, help="bearer key; default $DIFFQ_API_KEY")
+    k = sub.add_parser("keygen", help="print a new API key and its DIFFQ_API_KEYS entry")
+    k.add_argument("--name", required=True, help="the key's name (owner of its jobs)")
     o = sub.add_parser("openapi", help="write the OpenAPI document")
     o.add_argument("--out", type=Path, default=Path("openapi/openapi.json"))
     for name in ("train", "export", "eval"):
@@ -56,6 +60,12 @@ def main(argv: list[str] | None = None) -> None:
         from diffq.client import submit
 
         sys.exit(submit(args))
+    elif args.command == "keygen":
+        from service.auth import hash_key, new_key
+
+        key = new_key()
+        print(f"key (give to the client, shown once): {key}")
+        print(f"entry for DIFFQ_API_KEYS: {args.name}:{hash_key(key)}")
     elif args.command == "openapi":
         from service.openapi import write_openapi
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -21,10 +22,13 @@ def submit(args: argparse.Namespace) -> int:
             "sampler": args.sampler,
             "guidance_scale": args.guidance_scale,
             "seed": args.seed,
+            "priority": args.priority,
         }.items()
         if v is not None
     }
-    with httpx.Client(base_url=args.url, timeout=10) as client:
+    key = args.api_key or os.environ.get("DIFFQ_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=args.url, timeout=10, headers=headers) as client:
         r = client.post("/v1/jobs", json=body)
         if r.status_code != 202:
             print(f"submit failed ({r.status_code}): {r.text}")

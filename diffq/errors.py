@@ -42,6 +42,10 @@ class Conflict(ServiceError):
     status = 409
 
 
+class IdempotencyConflict(Conflict):
+    type = "idempotency_conflict"
+
+
 class PayloadTooLarge(ServiceError):
     type = "payload_too_large"
     status = 413
@@ -49,5 +53,34 @@ class PayloadTooLarge(ServiceError):
 
 class Unavailable(ServiceError):
     type = "unavailable"
+    status = 503
+    retryable = True
+
+
+class Unauthorized(ServiceError):
+    type = "unauthorized"
+    status = 401
+
+
+class RateLimited(ServiceError):
+    """Too many submissions from one key; ``retry_after`` says when a token is back."""
+
+    type = "rate_limited"
+    status = 429
+    retryable = True
+
+
+class TooManyJobs(ServiceError):
+    """One key holds its limit of unfinished jobs."""
+
+    type = "too_many_jobs"
+    status = 429
+    retryable = True
+
+
+class Overloaded(ServiceError):
+    """The model's queue holds its limit of denoiser work; retry later."""
+
+    type = "overloaded"
     status = 503
     retryable = True

@@ -25,12 +25,26 @@ class Status(StrEnum):
     EXPIRED = "expired"
 
 
+class Priority(StrEnum):
+    """Workers take every waiting high job before any normal one, and normal before low."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+PRIORITIES = (Priority.HIGH, Priority.NORMAL, Priority.LOW)  # claim order
+
+ANONYMOUS = "anonymous"  # the owner of every job when auth is off
+
+
 class ErrorType(StrEnum):
     """Why a job failed: the stable ``error.type`` of a failed job."""
 
     INVALID_REQUEST = "invalid_request"  # passed the gateway, but the worker's model refuses it
     INFERENCE_ERROR = "inference_error"  # the denoiser call raised
     MAX_ATTEMPTS_EXCEEDED = "max_attempts_exceeded"  # delivered too often without finishing
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # the job's deadline passed before it finished
 
 
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
@@ -77,6 +91,8 @@ class JobRequest:
     sampler: str
     guidance_scale: float
     seed: int
+    priority: Priority = Priority.NORMAL
+    deadline_seconds: float | None = None  # from submission; None = no deadline
 
     @property
     def guided(self) -> bool:
@@ -101,6 +117,8 @@ class JobRequest:
             "sampler": self.sampler,
             "guidance_scale": self.guidance_scale,
             "seed": self.seed,
+            "priority": self.priority.value,
+            "deadline_seconds": self.deadline_seconds,
         }
 
     @classmethod
@@ -113,6 +131,8 @@ class JobRequest:
             sampler=str(d["sampler"]),
             guidance_scale=float(d["guidance_scale"]),
             seed=int(d["seed"]),
+            priority=Priority(d.get("priority", Priority.NORMAL)),
+            deadline_seconds=None if d.get("deadline_seconds") is None else float(d["deadline_seconds"]),
         )
 
 
@@ -139,6 +159,16 @@ class Job:
     image_count: int = 0
     entry_id: str | None = None  # the job's stream entry, for its queue position
     cancel_requested: bool = False
+    owner: str = ANONYMOUS  # the API key (by name) that submitted it
+
+    @property
+    def deadline_at(self) -> float | None:
+        d = self.request.deadline_seconds
+        return None if d is None else self.created_at + d
+
+    def past_deadline(self, now: float) -> bool:
+        deadline = self.deadline_at
+        return deadline is not None and now >= deadline
 
     @property
     def terminal(self) -> bool:
@@ -172,3 +202,9 @@ def transition(job: Job, target: Status, now: float, **changes: Any) -> Job:
     elif target in TERMINAL:
         updates["finished_at"] = now
     return replace(job, **updates)
+
+
+def expire(job: Job, now: float) -> Job:
+    """``job`` ended ``expired``: its deadline passed before it finished."""
+    message = f"not finished within its deadline of {job.request.deadline_seconds or 0:g} s"
+    return transition(job, Status.EXPIRED, now, error=JobError(ErrorType.DEADLINE_EXCEEDED, message))

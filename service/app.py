@@ -2,39 +2,53 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from datetime import UTC, datetime
+from dataclasses import replace
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from diffq import __version__
-from diffq.errors import Conflict, NotFound, PayloadTooLarge, ServiceError
-from diffq.jobs import Job, Status, image_seed, new_job_id, transition
+from diffq.errors import (
+    Conflict,
+    IdempotencyConflict,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceError,
+    Unauthorized,
+)
+from diffq.jobs import ANONYMOUS, Job, Status, expire, new_job_id, transition
 from diffq.metrics import exposition
-from diffq.store import RedisStore
+from diffq.store import Limits, RedisStore
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
 from service.config import GatewaySettings
 from service.metrics import GatewayMetrics, RequestMetrics
 from service.requests import resolve
-from service.schemas import ErrorBody, Health, JobCreate, JobView, ModelList, ModelView
+from service.schemas import ErrorBody, Health, JobCreate, JobView, ModelList
+from service.views import job_view, model_view
 
 log = logging.getLogger("diffq.gateway")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in [
-        (404, "Unknown or expired job"),
-        (409, "The job is already terminal"),
+        (400, "The body is not parseable (not JSON, or not UTF-8)"),
+        (401, "Missing or unknown API key"),
+        (404, "Unknown or expired job, or another key's"),
+        (409, "The job is already terminal, or the Idempotency-Key was used for another request"),
         (413, "Request body too large"),
         (422, "Invalid request; details name the field"),
-        (503, "The job store is unavailable; see Retry-After"),
+        (429, "Rate limit or in-flight job limit of this key; see Retry-After"),
+        (503, "The queue is full or the job store is unavailable; see Retry-After"),
     ]
 }
 
@@ -46,6 +60,8 @@ class State:
         self.settings = settings
         self.store = store
         self.models = models
+        self.keys = settings.keys
+        self.limits = Limits(settings.max_jobs_in_flight_per_key, settings.max_queued_evaluations)
         self.metrics = GatewayMetrics()
         self.metrics.watch_queue(store, list(models), settings.worker_liveness_seconds)
         self.default_model = settings.default_model or next(iter(models))
@@ -59,6 +75,34 @@ def get_state(request: Request) -> State:
 
 
 StateDep = Annotated[State, Depends(get_state)]
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+
+
+def get_owner(
+    state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """Who is asking: the name of their API key (everyone is ``anonymous`` with auth off)."""
+    if state.settings.auth == "off":
+        return ANONYMOUS
+    token = credentials.credentials if credentials else None
+    name = state.keys.identify(token) if token else None
+    if name is None:
+        raise Unauthorized("missing or unknown API key; send Authorization: Bearer <key>")
+    return name
+
+
+OwnerDep = Annotated[str, Depends(get_owner)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Retries with the same key (per API key, within the result TTL) return the same job.",
+    ),
+]
 
 
 def create_app(settings: GatewaySettings, store: RedisStore | None = None) -> FastAPI:
@@ -84,22 +128,39 @@ def create_app(settings: GatewaySettings, store: RedisStore | None = None) -> Fa
 
 def _add_routes(app: FastAPI) -> None:
     @app.post("/v1/jobs", status_code=202, response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
-    def submit_job(body: JobCreate, state: StateDep, response: Response) -> JobView:
+    def submit_job(
+        body: JobCreate,
+        state: StateDep,
+        owner: OwnerDep,
+        response: Response,
+        idempotency_key: IdempotencyKey = None,
+    ) -> JobView:
         """Queue a generation job. Answers at once with the job and its Location."""
+        settings = state.settings
+        if settings.rate_limit_per_second > 0:
+            wait = state.store.take_token(owner, settings.rate_limit_per_second, settings.rate_limit_burst)
+            if wait > 0:
+                raise RateLimited("too many submissions from this key; slow down", retry_after=wait)
         req = resolve(body, state.models, state.default_model)
-        job = Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time())
-        entry = state.store.submit(job)
-        state.metrics.submitted.labels(req.model).inc()
-        log.info("job state", extra={"job_id": job.id, "status": "queued", "model": req.model})
+        job = Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time(), owner=owner)
+        fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        submitted = state.store.submit(job, state.limits, idempotency_key, fingerprint)
+        if submitted.replay_of is not None:
+            if not submitted.same_request:
+                raise IdempotencyConflict("this Idempotency-Key was used for a different request")
+            job = _load(state, submitted.replay_of, owner)
+            response.headers["Idempotent-Replayed"] = "true"
+        else:
+            job = replace(job, entry_id=submitted.entry_id)
+            state.metrics.submitted.labels(req.model).inc()
+            log.info("job state", extra={"job_id": job.id, "status": "queued", "model": req.model})
         response.headers["Location"] = f"/v1/jobs/{job.id}"
-        return job_view(
-            job, position=state.store.queue_position(req.model, entry), base=state.settings.public_base_url
-        )
+        return job_view(job, position=_position(state, job), base=settings.public_base_url)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
-    def get_job(job_id: str, state: StateDep) -> JobView:
+    def get_job(job_id: str, state: StateDep, owner: OwnerDep) -> JobView:
         """The job's status, progress, timings and image URLs."""
-        job = _load(state, job_id)
+        job = _load(state, job_id, owner)
         return job_view(job, position=_position(state, job), base=state.settings.public_base_url)
 
     @app.get(
@@ -108,9 +169,9 @@ def _add_routes(app: FastAPI) -> None:
         response_class=Response,
         tags=["jobs"],
     )
-    def get_image(job_id: str, index: int, state: StateDep) -> Response:
+    def get_image(job_id: str, index: int, state: StateDep, owner: OwnerDep) -> Response:
         """One image of a succeeded job, as PNG."""
-        job = _load(state, job_id)
+        job = _load(state, job_id, owner)
         if job.status != Status.SUCCEEDED or not 0 <= index < job.image_count:
             raise NotFound(f"job {job_id} has no image {index}")
         data = state.store.get_image(job_id, index)
@@ -121,16 +182,16 @@ def _add_routes(app: FastAPI) -> None:
         )
 
     @app.delete("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
-    def cancel_job(job_id: str, state: StateDep, response: Response) -> JobView:
+    def cancel_job(job_id: str, state: StateDep, owner: OwnerDep, response: Response) -> JobView:
         """Cancel a queued job at once, or a running one at its next step (202 until then)."""
         for _ in range(5):
-            job = _load(state, job_id)
+            job = _load(state, job_id, owner)
             if job.terminal:
                 raise Conflict(f"job {job_id} is already {job.status.value}")
             if job.status == Status.RUNNING:
                 state.store.request_cancel(job_id)
                 response.status_code = 202
-                job = _load(state, job_id)
+                job = _load(state, job_id, owner)
                 return job_view(job, position=None, base=state.settings.public_base_url)
             cancelled = transition(job, Status.CANCELLED, time.time())
             if state.store.save_transition(job, cancelled):
@@ -139,8 +200,8 @@ def _add_routes(app: FastAPI) -> None:
                 return job_view(cancelled, position=None, base=state.settings.public_base_url)
         raise Conflict(f"job {job_id} changed state repeatedly; retry")
 
-    @app.get("/v1/models", response_model=ModelList, tags=["models"])
-    def list_models(state: StateDep) -> ModelList:
+    @app.get("/v1/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]}, tags=["models"])
+    def list_models(state: StateDep, _owner: OwnerDep) -> ModelList:
         """The served models with their classes, samplers, step limits and defaults."""
         return ModelList(
             default_model=state.default_model, models=[model_view(m) for m in state.models.values()]
@@ -175,10 +236,20 @@ def _add_routes(app: FastAPI) -> None:
         return JSONResponse(body.model_dump(), status_code=200 if redis_ok else 503)
 
 
-def _load(state: State, job_id: str) -> Job:
+def _load(state: State, job_id: str, owner: str) -> Job:
+    """The caller's job, expired first if its deadline passed. Another key's job is a 404,
+    as if it did not exist: ids must not be probed across keys."""
     job = state.store.get(job_id) if _valid_id(job_id) else None
-    if job is None:
+    if job is None or job.owner != owner:
         raise NotFound(f"job {job_id} not found (unknown or expired)")
+    now = time.time()
+    if not job.terminal and job.past_deadline(now):
+        expired = expire(job, now)
+        if state.store.save_transition(job, expired):
+            state.metrics.finished.labels(job.request.model, "expired").inc()
+            log.info("job state", extra={"job_id": job.id, "status": "expired"})
+            return expired
+        return _load(state, job_id, owner)  # it moved on meanwhile: read it again
     return job
 
 
@@ -192,60 +263,6 @@ def _position(state: State, job: Job) -> int | None:
     return state.store.queue_position(job.request.model, job.entry_id)
 
 
-def _iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
-
-
-def job_view(job: Job, position: int | None, base: str = "") -> JobView:
-    req = job.request
-    images = [
-        {"url": f"{base}/v1/jobs/{job.id}/images/{i}", "seed": image_seed(req.seed, i)}
-        for i in range(job.image_count)
-    ]
-    return JobView.model_validate(
-        {
-            "id": job.id,
-            "status": job.status.value,
-            "request": req.to_dict(),
-            "progress": {"step": job.step, "total": req.steps},
-            "queue_position": position,
-            "cancel_requested": job.cancel_requested,
-            "timings": {
-                "created_at": _iso(job.created_at),
-                "started_at": _iso(job.started_at),
-                "finished_at": _iso(job.finished_at),
-                "queue_ms": _ms(job.queue_seconds),
-                "run_ms": _ms(job.run_seconds),
-                "total_ms": _ms(job.total_seconds),
-            },
-            "images": images,
-            "error": {"type": job.error.type, "message": job.error.message} if job.error else None,
-        }
-    )
-
-
-def model_view(m: Manifest) -> ModelView:
-    s = m.sampling
-    return ModelView(
-        name=m.name,
-        version=m.version,
-        classes=m.classes,
-        samplers=s.samplers,
-        default_sampler=s.default_sampler,
-        min_steps=s.min_steps,
-        max_steps=s.max_steps,
-        default_steps=s.default_steps,
-        default_guidance_scale=s.default_guidance_scale,
-        max_guidance_scale=s.max_guidance_scale,
-        image=m.image.model_dump(),
-        prediction_type=m.schedule.prediction_type,
-    )
-
-
 def _error_response(status: int, body: dict[str, Any], retry_after: float | None = None) -> JSONResponse:
     headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
     return JSONResponse({"error": body}, status_code=status, headers=headers)
@@ -254,7 +271,10 @@ def _error_response(status: int, body: dict[str, Any], retry_after: float | None
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return _error_response(exc.status, exc.to_dict(), exc.retry_after)
+        resp = _error_response(exc.status, exc.to_dict(), exc.retry_after)
+        if exc.status == 401:
+            resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -269,7 +289,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         return _error_response(exc.status_code, {"type": kind, "message": str(exc.detail)})
 
     @app.exception_handler(Exception)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
 
 from diffq.settings import CommonSettings
+from service.auth import ApiKeys
 
 
 class GatewaySettings(CommonSettings):
@@ -31,3 +34,38 @@ class GatewaySettings(CommonSettings):
     public_base_url: str = Field(
         default="", description="Prefix for image URLs in job views; empty = relative URLs."
     )
+    auth: Literal["required", "off"] = Field(
+        default="required",
+        description="API keys on /v1/*; `make run` turns it off for local use.",
+    )
+    api_keys: str = Field(
+        default="",
+        description="Accepted keys as name:sha256hex, comma-separated (`diffq keygen` makes one).",
+    )
+    rate_limit_per_second: float = Field(
+        default=20.0, ge=0, le=100_000, description="Submissions per second per key; 0 = no limit."
+    )
+    rate_limit_burst: int = Field(default=40, ge=1, le=1_000_000, description="Token bucket size per key.")
+    max_jobs_in_flight_per_key: int = Field(
+        default=256, ge=0, le=1_000_000, description="Unfinished jobs one key may hold; 0 = no limit."
+    )
+    max_queued_evaluations: int = Field(
+        default=500_000,
+        ge=0,
+        le=10**12,
+        description="Admission bound per model: denoiser evaluations waiting in its queue; 0 = none.",
+    )
+
+    @model_validator(mode="after")
+    def _keys_when_auth_is_on(self) -> GatewaySettings:
+        keys = ApiKeys.parse(self.api_keys)  # raises with the offending entry
+        if self.auth == "required" and not keys.entries:
+            raise ValueError(
+                "DIFFQ_AUTH=required needs DIFFQ_API_KEYS (name:sha256hex, comma-separated); "
+                "`diffq keygen --name NAME` prints a key and its entry, or set DIFFQ_AUTH=off for local use"
+            )
+        return self
+
+    @property
+    def keys(self) -> ApiKeys:
+        return ApiKeys.parse(self.api_keys)

@@ -11,8 +11,9 @@ from service.config import GatewaySettings
 
 
 def openapi_document() -> dict[str, Any]:
-    # No Redis connection is made: the client connects lazily on first use.
-    return create_app(GatewaySettings()).openapi()
+    # No Redis connection is made: the client connects lazily on first use. Auth settings do
+    # not change the document (the bearer scheme is declared either way).
+    return create_app(GatewaySettings(auth="off", api_keys="")).openapi()
 
 
 def render() -> str:

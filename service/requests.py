@@ -6,7 +6,7 @@ The result is a ``JobRequest``: later code never re-validates.
 from __future__ import annotations
 
 from diffq.errors import ValidationFailed
-from diffq.jobs import JobRequest, new_seed
+from diffq.jobs import JobRequest, Priority, new_seed
 from model_store.manifest import Manifest
 from service.schemas import JobCreate
 
@@ -40,4 +40,6 @@ def resolve(body: JobCreate, models: dict[str, Manifest], default_model: str) ->
         sampler=sampler,
         guidance_scale=guidance,
         seed=body.seed if body.seed is not None else new_seed(),
+        priority=Priority(body.priority),
+        deadline_seconds=None if body.deadline_seconds is None else float(body.deadline_seconds),
     )

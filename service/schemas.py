@@ -32,6 +32,15 @@ class JobCreate(BaseModel):
         description="Classifier-free guidance; 1 = plain conditional, 0 = unconditional.",
     )
     seed: StrictInt | None = Field(default=None, ge=0, le=SEED_MAX)
+    priority: Literal["high", "normal", "low"] = Field(
+        default="normal", description="Workers take waiting high jobs before normal, normal before low."
+    )
+    deadline_seconds: StrictFloat | StrictInt | None = Field(
+        default=None,
+        gt=0,
+        le=86_400,
+        description="Seconds from submission; a job not finished by then ends `expired`.",
+    )
 
 
 class EffectiveRequest(BaseModel):
@@ -42,6 +51,8 @@ class EffectiveRequest(BaseModel):
     sampler: str
     guidance_scale: float
     seed: int
+    priority: Literal["high", "normal", "low"]
+    deadline_seconds: float | None
 
 
 class Progress(BaseModel):
@@ -53,6 +64,7 @@ class Timings(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    deadline_at: str | None
     queue_ms: float | None
     run_ms: float | None
     total_ms: float | None

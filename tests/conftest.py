@@ -104,6 +104,7 @@ def stack_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
         DIFFQ_HEARTBEAT_SECONDS="0.5",
         DIFFQ_INTRA_OP_THREADS="2",
         DIFFQ_WORKER_PORT=str(free_port()),  # Stack.start_worker gives each worker its own
+        DIFFQ_AUTH="off",  # tests of auth turn it on with their own keys
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from collections.abc import Iterable
+from typing import Annotated
 
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from diffq import failpoints
 from diffq.settings import CommonSettings
 
 
@@ -46,3 +51,12 @@ class WorkerSettings(CommonSettings):
         description="/livez fails once the worker loop has not gone round for this long.",
     )
     worker_id: str | None = Field(default=None, description="Consumer name; default: host-pid.")
+    failpoints: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(),
+        description="For fault tests only: comma-separated failpoints where the worker kills itself.",
+    )
+
+    @field_validator("failpoints", mode="before")
+    @classmethod
+    def _known_failpoints(cls, value: str | Iterable[str]) -> frozenset[str]:
+        return failpoints.parse(value if isinstance(value, str) else ",".join(value))

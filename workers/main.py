@@ -53,7 +53,7 @@ def run_worker(settings: WorkerSettings, burst: bool = False) -> None:
     try:
         worker = build_worker(settings, health)
         health.last_tick = lambda: worker.last_tick
-        health.redis_ok = worker.store.ping
+        health.redis_ok = lambda: worker.connected and worker.store.ping()  # not ready mid-outage
         health.stopping = worker.stop.is_set
         health.loaded = True
         install_signal_handlers(worker)

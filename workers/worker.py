@@ -7,6 +7,7 @@ and finish the jobs whose images are done: PNGs stored first, then the status, t
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -19,7 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from diffq.jobs import ErrorType, Job, JobError, Status, image_seed, transition
+from diffq import failpoints
+from diffq.failpoints import Failpoints
+from diffq.jobs import ErrorType, Job, JobError, Status, expire, image_seed, transition
 from diffq.store import Claimed, RedisStore
 from model_store.manifest import Manifest
 from sampling.denoise import RowState, denoise_step, start_row, to_uint8
@@ -30,6 +33,16 @@ from workers.engine import Engine
 from workers.metrics import WorkerMetrics
 
 log = logging.getLogger("diffq.worker")
+
+# While Redis is unreachable the loop retries after 0.1 s, doubling up to 5 s: quick to notice
+# a restart, gentle on a server that is coming back up.
+BACKOFF_FIRST_SECONDS = 0.1
+BACKOFF_MAX_SECONDS = 5.0
+
+
+def outage_backoff(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failed attempt in a row (1-based)."""
+    return min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** min(max(0, failures - 1), 32))
 
 
 @dataclass
@@ -68,31 +81,125 @@ class Worker:
         self.waiting: list[tuple[Claimed, Job]] = []
         self._last_beat = 0.0
         self._last_reclaim = 0.0
+        self.failpoints = Failpoints(self.settings.failpoints)
+        self._connected = False  # joined the queue, and Redis answered the last call
+        self._outage_started: float | None = None  # monotonic; None while Redis answers
+        self._failures = 0  # failed attempts in a row during the current outage
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self, burst: bool = False) -> None:
-        """Serve until ``stop`` is set (then drain what was taken), or, in burst mode, until idle."""
-        self.store.ensure_group(self.model)
+        """Serve until ``stop`` is set (then drain what was taken), or, in burst mode, until idle.
+
+        Redis going away does not end the loop: it backs off, and once Redis answers again it
+        carries on with what it held (``_resume``).
+        """
         log.info("worker started", extra={"worker": self.worker_id, "model": self.model})
         try:
             while True:
                 self.last_tick = time.monotonic()
-                self._heartbeat()
-                if not self.stop.is_set():
-                    self._take_work()
-                if not self.active and not self.waiting:
-                    if self.stop.is_set() or (burst and not self._reclaim(force=True)):
+                try:
+                    if not self._connected:
+                        self._resume()
+                    self._heartbeat()
+                    if not self.stop.is_set():
+                        self._take_work()
+                    if not self.active and not self.waiting:
+                        if self.stop.is_set() or (burst and not self._reclaim(force=True)):
+                            break
+                        continue
+                    self._admit()
+                    self._drop_cancelled()
+                    self._drop_expired()
+                    if self.active:
+                        self._step()
+                    self._report_in_flight()
+                except RedisStore.UNREACHABLE as e:
+                    if not self._back_off(e):
                         break
-                    continue
-                self._admit()
-                self._drop_cancelled()
-                if self.active:
-                    self._step()
-                self._report_in_flight()
         finally:
             self._report_in_flight()
-            self.store.remove_worker(self.model, self.worker_id)
+            self._leave()
             log.info("worker stopped", extra={"worker": self.worker_id})
+
+    @property
+    def connected(self) -> bool:
+        """Joined the queue and Redis answered the last call: part of ``/readyz``."""
+        return self._connected
+
+    def _back_off(self, error: Exception) -> bool:
+        """Redis is unreachable: say so once per outage, wait, and return True to try again.
+
+        False when the worker is stopping: what it holds goes back to the queue when its lease
+        runs out, so waiting for Redis would only hold up the shutdown.
+        """
+        self._connected = False
+        self._failures += 1
+        if self._outage_started is None:
+            self._outage_started = time.monotonic()
+            log.warning(
+                "redis unreachable; retrying with backoff",
+                extra={"worker": self.worker_id, "error": type(error).__name__, "jobs_held": self._held()},
+            )
+        if self.stop.is_set():
+            log.warning(
+                "stopping while redis is unreachable; held jobs return to the queue after their lease",
+                extra={"worker": self.worker_id, "jobs_held": self._held()},
+            )
+            return False
+        self.stop.wait(outage_backoff(self._failures))  # a SIGTERM cuts the wait short
+        return True
+
+    def _held(self) -> int:
+        return len(self.active) + len(self.waiting)
+
+    def _resume(self) -> None:
+        """Join the queue: at start-up, and again when Redis answers after an outage.
+
+        Jobs held through an outage are kept, not dropped: their denoiser state is still good,
+        and dropping them would cost a lease period, a recomputation and one of their attempts
+        (a few Redis restarts must not dead-letter a healthy job). They are checked before they
+        are trusted, since the outage may have been this worker's alone and others may have
+        taken some over: a job now terminal is acked and dropped, one running under another
+        worker is dropped without an ack (the entry is that worker's now), the rest are renewed
+        at once. Nobody could renew a lease during the outage, so every entry now looks idle:
+        this worker waits one more lease before reclaiming others' entries, giving live owners
+        time to come back and renew. Exactly-once results do not depend on any of this (see
+        ``_finish_succeeded``); it only saves work.
+        """
+        self.store.ensure_group(self.model)
+        if self.active:
+            flights = list(self.active.values())
+            records = self.store.get_many([f.job.id for f in flights])
+            finished = []
+            for f, current in zip(flights, records, strict=True):
+                if current is None or current.terminal:
+                    finished.append(f.entry_id)
+                    del self.active[f.job.id]
+                elif current.status != Status.RUNNING or current.worker != self.worker_id:
+                    del self.active[f.job.id]
+            self.store.ack(self.model, finished)
+        if self.waiting:
+            self.waiting = self._with_records([c for c, _ in self.waiting])
+        held = [f.entry_id for f in self.active.values()] + [c.entry_id for c, _ in self.waiting]
+        self.store.renew(self.model, self.worker_id, held)
+        for f in [f for f in self.active.values() if f.done]:
+            self._finish_succeeded(f)  # the outage came between its last step and its ack
+        if self._outage_started is not None:
+            self._last_reclaim = time.monotonic() + self.settings.lease_seconds
+            log.info(
+                "redis reachable again",
+                extra={
+                    "worker": self.worker_id,
+                    "outage_seconds": round(time.monotonic() - self._outage_started, 3),
+                    "jobs_kept": self._held(),
+                },
+            )
+        self._connected, self._outage_started, self._failures = True, None, 0
+
+    def _leave(self) -> None:
+        """Leave the live-worker list; with Redis down, the last heartbeat just ages out."""
+        with contextlib.suppress(*RedisStore.UNREACHABLE):
+            self.store.remove_worker(self.model, self.worker_id)
 
     def _heartbeat(self) -> None:
         now = time.time()
@@ -140,7 +247,10 @@ class Worker:
         jobs = self.store.get_many([c.job_id for c in claimed])
         out, stale = [], []
         for c, job in zip(claimed, jobs, strict=True):
-            if job is None or job.terminal:
+            if job is None:  # its record expired while queued: its work leaves the books here
+                self.store.forget_work(self.model, c.work)
+                stale.append(c.entry_id)
+            elif job.terminal:
                 stale.append(c.entry_id)  # cancelled, expired, or finished before a crash
             else:
                 out.append((c, job))
@@ -170,6 +280,10 @@ class Worker:
         now = time.time()
         if job.attempts >= self.settings.max_attempts:  # it took down or failed every worker so far
             self._dead_letter(claimed, job)
+            return
+        if job.past_deadline(now):  # too late already: spend no denoiser time on it
+            self._expire(job, now)
+            self._skip(claimed)
             return
         if job.status == Status.RUNNING:  # reclaimed from a dead worker: back through queued
             requeued = transition(job, Status.QUEUED, now)
@@ -229,6 +343,23 @@ class Worker:
     def _report_in_flight(self) -> None:
         self._metrics.in_flight(len(self.active), sum(len(f.rows) for f in self.active.values()))
 
+    def _expire(self, job: Job, now: float) -> bool:
+        expired = expire(job, now)
+        if not self.store.save_transition(job, expired):
+            return False
+        self._metrics.finished_job(expired)
+        log.info("job state", extra={"job_id": job.id, "status": "expired"})
+        return True
+
+    def _drop_expired(self) -> None:
+        """Jobs whose deadline passed mid-run stop here (the gateway may have expired them first)."""
+        now = time.time()
+        for job_id, flight in list(self.active.items()):
+            if flight.job.past_deadline(now):
+                self.active.pop(job_id)
+                self._expire(flight.job, now)  # False: cancelled or expired by the gateway already
+                self.store.ack(self.model, [flight.entry_id])
+
     def _drop_cancelled(self) -> None:
         if not self.active:
             return
@@ -267,21 +398,49 @@ class Worker:
         self._metrics.step(len(rows), stats.last_rows, stats.last_seconds, time.perf_counter() - started)
 
     def _finish_succeeded(self, f: InFlight) -> None:
+        """Images, then the status, then the ack: each job succeeds once, with one set of images.
+
+        Two workers can hold the same job (one paused past its lease, or cut off from Redis,
+        while the other reclaimed it). The images are written only while the job is running,
+        in the same step as that check, and the status is a compare-and-set, so the first to
+        finish wins and the other changes nothing. A crash after the status and before the ack
+        is harmless: whoever gets the entry next finds the job terminal and acks it.
+        """
         pngs = [encode_png(to_uint8(r.x)) for r in f.rows]
-        self.store.put_images(f.job.id, pngs)
         current = self.store.get(f.job.id)
-        if current is not None and current.status == Status.RUNNING:
-            done = transition(current, Status.SUCCEEDED, time.time(), step=f.step, image_count=len(pngs))
-            stored = self.store.save_transition(current, done)
-        else:
-            stored = False  # cancelled at the last step, or expired
-        if stored:
+        done = None
+        if (
+            current is not None
+            and current.status == Status.RUNNING
+            and self.store.put_images_if_running(f.job.id, pngs)
+        ):
+            done = transition(
+                current,
+                Status.SUCCEEDED,
+                time.time(),
+                step=f.step,
+                image_count=len(pngs),
+                worker=self.worker_id,
+            )
+            if not self.store.save_transition(current, done):
+                done = None
+                self._discard_images(f.job.id)
+        if done is not None:
             self._metrics.finished_job(done)
             log.info("job state", extra={"job_id": f.job.id, "status": "succeeded"})
-        else:
-            self.store.delete_images(f.job.id)
+        else:  # finished by another worker, cancelled at the last step, expired or gone
+            log.info("result not stored", extra={"job_id": f.job.id, "worker": self.worker_id})
+        self.failpoints.hit(failpoints.AFTER_STORE_BEFORE_ACK)
         self.store.ack(self.model, [f.entry_id])
         self.active.pop(f.job.id, None)
+
+    def _discard_images(self, job_id: str) -> None:
+        """Our images landed just before the job left ``running`` another way. Remove them only if
+        it ended without success: a worker that won meanwhile wrote the same bytes (same request,
+        same seeds) before its status changed, and they are its result now."""
+        current = self.store.get(job_id)
+        if current is not None and current.terminal and current.status != Status.SUCCEEDED:
+            self.store.delete_images(job_id)
 
     def _finish_failed(self, f: InFlight, kind: ErrorType, message: str) -> None:
         current = self.store.get(f.job.id) or f.job

@@ -116,7 +116,7 @@ def test_valkey_persists_requires_a_password_and_has_a_healthcheck(render: Rende
     redis = render()["services"]["redis"]
     command = redis["command"]
     assert _option(command, "--appendonly") == "yes"
-    assert _option(command, "--appendfsync") == "everysec"
+    assert _option(command, "--appendfsync") == "always"  # accepted = on disk
     assert _option(command, "--requirepass")
     assert any(v["target"] == "/data" and v["type"] == "volume" for v in redis["volumes"])
     test = redis["healthcheck"]["test"]

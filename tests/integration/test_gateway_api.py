@@ -69,6 +69,8 @@ def test_get_returns_the_submitted_job(gateway: httpx.Client) -> None:
         "sampler": "ddim",
         "guidance_scale": 0.0,
         "seed": 42,
+        "priority": "normal",
+        "deadline_seconds": None,
     }
 
 

@@ -28,7 +28,7 @@ def new_job(seed: int = 1, num_images: int = 1) -> Job:
 
 def test_submit_get_round_trip(store: RedisStore) -> None:
     job = new_job()
-    entry = store.submit(job)
+    entry = store.submit(job).entry_id
     got = store.get(job.id)
     assert got is not None and got.entry_id == entry
     assert got.request == job.request and got.status == Status.QUEUED
@@ -37,7 +37,7 @@ def test_submit_get_round_trip(store: RedisStore) -> None:
 
 def test_claim_positions_depth_and_ack(store: RedisStore) -> None:
     jobs = [new_job(i) for i in range(3)]
-    entries = [store.submit(j) for j in jobs]
+    entries = [store.submit(j).entry_id or "" for j in jobs]
     assert [store.queue_position(MODEL, e) for e in entries] == [1, 2, 3]
     assert store.queue_depth(MODEL) == 3
     claimed = store.claim(MODEL, "w1", 2, None)

@@ -4,6 +4,7 @@ the shipped model: the job records say what happened, and the worker's metrics c
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
 from diffq.store import RedisStore
@@ -71,3 +72,38 @@ def test_job_of_a_dead_worker_is_reclaimed_and_counted_as_a_retry(valkey: str, p
     assert reg.get_sample_value("diffq_job_reclaims_total", {"model": MODEL}) == 1
     assert reg.get_sample_value("diffq_job_retries_total", {"model": MODEL}) == 1
     assert store.queue_stats(MODEL).depth == 0
+
+
+def test_a_job_past_its_deadline_gets_no_denoiser_time(valkey: str, prefix: str) -> None:
+    store = RedisStore(valkey, prefix=prefix)
+    store.ensure_group(MODEL)
+    late = replace(queued(4), created_at=time.time() - 5)
+    late = replace(late, request=replace(late.request, deadline_seconds=1.0))
+    store.submit(late)
+
+    worker = build_worker(settings(valkey, prefix, worker_id="w-dl"))
+    worker.run(burst=True)
+
+    got = store.get(late.id)
+    assert got is not None and got.status == Status.EXPIRED and got.attempts == 0
+    assert got.error is not None and got.error.type == "deadline_exceeded"
+    assert worker.engine.stats.calls == 0
+    assert store.get_image(late.id, 0) is None
+
+
+def test_a_running_job_stops_at_its_deadline(valkey: str, prefix: str) -> None:
+    store = RedisStore(valkey, prefix=prefix)
+    store.ensure_group(MODEL)
+    slow = queued(5)
+    slow = replace(slow, request=replace(slow.request, steps=1000, sampler="ddpm", deadline_seconds=0.5))
+    store.submit(slow)
+
+    worker = build_worker(settings(valkey, prefix, worker_id="w-run"))
+    worker.run(burst=True)
+
+    got = store.get(slow.id)
+    assert got is not None and got.status == Status.EXPIRED and got.attempts == 1
+    assert 0 < worker.engine.stats.calls < 1000
+    assert store.get_image(slow.id, 0) is None
+    reg = worker._metrics.registry
+    assert reg.get_sample_value("diffq_jobs_finished_total", {"model": MODEL, "status": "expired"}) == 1

@@ -1,0 +1,64 @@
+"""The v1 API's views of jobs and models: records and manifests turned into response bodies."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from diffq.jobs import Job, image_seed
+from model_store.manifest import Manifest
+from service.schemas import JobView, ModelView
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def job_view(job: Job, position: int | None, base: str = "") -> JobView:
+    req = job.request
+    images = [
+        {"url": f"{base}/v1/jobs/{job.id}/images/{i}", "seed": image_seed(req.seed, i)}
+        for i in range(job.image_count)
+    ]
+    return JobView.model_validate(
+        {
+            "id": job.id,
+            "status": job.status.value,
+            "request": req.to_dict(),
+            "progress": {"step": job.step, "total": req.steps},
+            "queue_position": position,
+            "cancel_requested": job.cancel_requested,
+            "timings": {
+                "created_at": _iso(job.created_at),
+                "started_at": _iso(job.started_at),
+                "finished_at": _iso(job.finished_at),
+                "deadline_at": _iso(job.deadline_at),
+                "queue_ms": _ms(job.queue_seconds),
+                "run_ms": _ms(job.run_seconds),
+                "total_ms": _ms(job.total_seconds),
+            },
+            "images": images,
+            "error": {"type": job.error.type, "message": job.error.message} if job.error else None,
+        }
+    )
+
+
+def model_view(m: Manifest) -> ModelView:
+    s = m.sampling
+    return ModelView(
+        name=m.name,
+        version=m.version,
+        classes=m.classes,
+        samplers=s.samplers,
+        default_sampler=s.default_sampler,
+        min_steps=s.min_steps,
+        max_steps=s.max_steps,
+        default_steps=s.default_steps,
+        default_guidance_scale=s.default_guidance_scale,
+        max_guidance_scale=s.max_guidance_scale,
+        image=m.image.model_dump(),
+        prediction_type=m.schedule.prediction_type,
+    )

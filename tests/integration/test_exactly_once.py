@@ -1,0 +1,94 @@
+"""Exactly-once results with a real Valkey and the shipped model: a job's images are written
+only while it runs, so once it has succeeded, a second worker that ran it too (a stalled one
+whose lease was taken over) changes neither its record nor its images."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
+from diffq.store import RedisStore
+from model_store.store import ModelStore
+from sampling.denoise import denoise_step, start_row
+from sampling.registry import get_plan
+from workers.config import WorkerSettings
+from workers.main import build_worker
+from workers.worker import InFlight, Worker
+
+MODEL = ModelStore().get("mnist-cfg-unet").manifest.name
+
+
+def settings(valkey: str, prefix: str, **extra: Any) -> WorkerSettings:
+    return WorkerSettings(
+        redis_url=valkey, key_prefix=prefix, intra_op_threads=2, heartbeat_seconds=0.2, **extra
+    )
+
+
+def queued(seed: int) -> Job:
+    return Job(new_job_id(), JobRequest(MODEL, 4, 2, 3, "ddim", 1.0, seed), Status.QUEUED, time.time())
+
+
+def images(store: RedisStore, job: Job) -> list[bytes | None]:
+    return [store.get_image(job.id, i) for i in range(job.request.num_images + 1)]
+
+
+def test_images_are_written_only_while_the_job_runs(valkey: str, prefix: str) -> None:
+    store = RedisStore(valkey, prefix=prefix)
+    job = queued(1)
+    store.submit(job)
+    assert not store.put_images_if_running(job.id, [b"early"])
+    assert store.get_image(job.id, 0) is None
+
+    running = transition(job, Status.RUNNING, time.time(), worker="w")
+    assert store.save_transition(job, running)
+    assert store.put_images_if_running(job.id, [b"a", b"b"])
+    assert store.put_images_if_running(job.id, [b"c", b"d"])  # a rerun replaces, never adds
+    done = transition(running, Status.SUCCEEDED, time.time(), image_count=2)
+    assert store.save_transition(running, done)
+
+    assert not store.put_images_if_running(job.id, [b"late"])
+    assert images(store, job) == [b"c", b"d", None]
+    assert not store.put_images_if_running(new_job_id(), [b"x"])  # no record: nothing written
+
+
+def finished_rows(worker: Worker, job: Job, seed: int) -> InFlight:
+    req, m = job.request, worker.manifest
+    plan = get_plan(m.schedule.to_config(), req.sampler, req.steps)
+    rows = [start_row(plan, seed + i, req.class_label, req.guidance_scale, m.image_shape) for i in range(2)]
+    while not all(r.done for r in rows):
+        rows = denoise_step(rows, worker.engine.run, m.null_class, m.schedule.prediction_type)
+    return InFlight(job, "0-1", rows)
+
+
+def test_a_stalled_worker_finishing_late_changes_nothing(valkey: str, prefix: str) -> None:
+    store = RedisStore(valkey, prefix=prefix)
+    store.ensure_group(MODEL)
+    job = queued(2)
+    store.submit(job)
+    # "stalled" claims and starts the job, then stops renewing: another worker takes it over.
+    (claimed,) = store.claim(MODEL, "stalled", 1, None)
+    running = transition(job, Status.RUNNING, time.time(), worker="stalled")
+    assert store.save_transition(job, running)
+    time.sleep(0.6)
+    build_worker(settings(valkey, prefix, lease_seconds=0.5, worker_id="w-live")).run(burst=True)
+    done = store.get(job.id)
+    assert done is not None and done.status == Status.SUCCEEDED and done.worker == "w-live"
+    assert done.attempts == 2
+    first = images(store, job)
+    assert first[:2] != [None, None] and first[2] is None
+
+    # The stalled worker wakes up and finishes its copy; different seeds here, so a write would show.
+    stalled = build_worker(settings(valkey, prefix, worker_id="stalled"))
+    flight = finished_rows(stalled, running, seed=12345)
+    flight.entry_id = claimed.entry_id
+    stalled.active[job.id] = flight
+    stalled._finish_succeeded(flight)
+
+    assert store.get(job.id) == done
+    assert images(store, job) == first
+    assert job.id not in stalled.active
+    finished = stalled._metrics.registry.get_sample_value(
+        "diffq_jobs_finished_total", {"model": MODEL, "status": "succeeded"}
+    )
+    assert not finished
