@@ -31,7 +31,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from diffq.errors import Overloaded, TooManyJobs, Unavailable
-from diffq.jobs import ANONYMOUS, Job, JobError, JobRequest, Status
+from diffq.jobs import ANONYMOUS, PRIORITIES, Job, JobError, JobRequest, Priority, Status
 
 GROUP = "workers"
 
@@ -87,6 +87,38 @@ if tonumber(ARGV[5]) ~= 0 then
   if redis.call('INCRBY', KEYS[4], ARGV[5]) < 0 then redis.call('SET', KEYS[4], 0) end
 end
 return 'OK'
+"""
+
+# Claim from the first of the model's priority streams (KEYS, high first) that has new
+# entries: up to ARGV[3] of them for consumer ARGV[2] of group ARGV[1], as {priority, id,
+# fields} triples, or an empty list. Never blocks (the caller blocks across all streams).
+_CLAIM_NEXT = """
+for _, stream in ipairs(KEYS) do
+  local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', stream, '>')
+  if res and res[1] and #res[1][2] > 0 then
+    local priority = string.match(stream, ':([^:]+)$')
+    local out = {}
+    for _, e in ipairs(res[1][2]) do table.insert(out, {priority, e[1], e[2]}) end
+    return out
+  end
+end
+return {}
+"""
+
+# Renew a lease: reset the idle time of the entries (ARGV[3..]) that consumer ARGV[2] still
+# holds in KEYS[1]; return those it does not (taken over by another worker, or acked).
+# XCLAIM alone would take them from whoever holds them now.
+_RENEW = """
+local held = {}
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 10000, ARGV[2])) do
+  held[p[1]] = true
+end
+local mine, gone = {}, {}
+for i = 3, #ARGV do
+  if held[ARGV[i]] then table.insert(mine, ARGV[i]) else table.insert(gone, ARGV[i]) end
+end
+if #mine > 0 then redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(mine)) end
+return gone
 """
 
 # A token bucket per owner: ARGV[1] tokens per second, ARGV[2] burst. Returns '0' when a
@@ -162,6 +194,7 @@ class Claimed:
     entry_id: str
     job_id: str
     work: int = 0  # the job's denoiser evaluations, as enqueued
+    priority: Priority = Priority.NORMAL  # which of the model's streams holds the entry
 
 
 @dataclass(frozen=True)
@@ -199,6 +232,8 @@ class RedisStore:
         self._set_if_exists = self._r.register_script(_SET_IF_EXISTS)
         self._queue_stats = self._r.register_script(_QUEUE_STATS)
         self._take_token = self._r.register_script(_TAKE_TOKEN)
+        self._claim_next = self._r.register_script(_CLAIM_NEXT)
+        self._renew = self._r.register_script(_RENEW)
 
     # keys -------------------------------------------------------------------------------
     def _job(self, job_id: str) -> str:
@@ -207,8 +242,8 @@ class RedisStore:
     def _images(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:images"
 
-    def _queue(self, model: str) -> str:
-        return f"{self.prefix}:queue:{model}"
+    def _queue(self, model: str, priority: Priority) -> str:
+        return f"{self.prefix}:queue:{model}:{priority.value}"
 
     def _workers(self, model: str) -> str:
         return f"{self.prefix}:workers:{model}"
@@ -254,7 +289,7 @@ class RedisStore:
         """
         keys = [
             self._job(job.id),
-            self._queue(job.request.model),
+            self._queue(job.request.model, job.request.priority),
             self._inflight(job.owner),
             self._work(job.request.model),
             self._idem(job.owner, idempotency_key or ""),
@@ -386,40 +421,78 @@ class RedisStore:
         self._r.delete(self._images(job_id))
 
     # queue ------------------------------------------------------------------------------
+    # One stream per model and priority; every worker of the model reads all three, high first.
     def ensure_group(self, model: str) -> None:
-        try:
-            self._r.xgroup_create(self._queue(model), GROUP, id="0", mkstream=True)
-        except ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+        for priority in PRIORITIES:
+            try:
+                self._r.xgroup_create(self._queue(model, priority), GROUP, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
 
     def claim(self, model: str, consumer: str, count: int, block_ms: int | None) -> list[Claimed]:
-        """Up to ``count`` new entries for this consumer; blocks up to ``block_ms`` if given
-        (at most half the socket timeout: an empty answer just means "poll again")."""
+        """Up to ``count`` new entries for this consumer, from the highest priority that has
+        any. With ``block_ms``, waits that long (at most half the socket timeout: an empty
+        answer just means "poll again") when all are empty; what then arrives first is taken,
+        at most ``count`` per priority."""
         if count <= 0:
             return []
-        block = None if block_ms is None else min(block_ms, self._max_block_ms)
-        res = self._r.xreadgroup(GROUP, consumer, {self._queue(model): ">"}, count=count, block=block)
-        return [_claimed(eid, fields) for _stream, entries in res or [] for eid, fields in entries]
+        streams = [self._queue(model, p) for p in PRIORITIES]
+        got = self._claim_next(keys=streams, args=[GROUP, consumer, count])
+        if got:
+            return [_claimed(_s(eid), _pairs(fields), Priority(_s(p))) for p, eid, fields in got]
+        if block_ms is None:
+            return []
+        block = min(block_ms, self._max_block_ms)
+        res = self._r.xreadgroup(GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block)
+        by_stream = {_s(stream): entries for stream, entries in res or []}
+        return [
+            _claimed(eid, fields, p)
+            for p, stream in zip(PRIORITIES, streams, strict=True)
+            for eid, fields in by_stream.get(stream, [])
+        ]
 
-    def ack(self, model: str, entry_ids: Sequence[str]) -> None:
-        if not entry_ids:
+    def ack(self, model: str, entries: Sequence[Claimed]) -> None:
+        """Done with these entries: acknowledged and deleted from their streams."""
+        if not entries:
             return
         pipe = self._r.pipeline(transaction=True)
-        pipe.xack(self._queue(model), GROUP, *entry_ids)
-        pipe.xdel(self._queue(model), *entry_ids)
+        for priority in PRIORITIES:
+            ids = [c.entry_id for c in entries if c.priority == priority]
+            if ids:
+                pipe.xack(self._queue(model, priority), GROUP, *ids)
+                pipe.xdel(self._queue(model, priority), *ids)
         pipe.execute()
 
-    def renew(self, model: str, consumer: str, entry_ids: Sequence[str]) -> None:
-        """Reset the idle time of entries this consumer holds: its lease on them."""
-        if entry_ids:
-            self._r.xclaim(self._queue(model), GROUP, consumer, 0, list(entry_ids), justid=True)
+    def renew(self, model: str, consumer: str, entries: Sequence[Claimed]) -> list[Claimed]:
+        """Reset the idle time of the entries this consumer still holds: its lease on them.
+
+        Returns the entries it no longer holds (another worker took them over after this one
+        went quiet past its lease, or they were acked): the caller must let those go.
+        """
+        lost: list[Claimed] = []
+        for priority in PRIORITIES:
+            mine = [c for c in entries if c.priority == priority]
+            if mine:
+                gone = self._renew(
+                    keys=[self._queue(model, priority)], args=[GROUP, consumer, *(c.entry_id for c in mine)]
+                )
+                gone_ids = {_s(g) for g in gone}
+                lost += [c for c in mine if c.entry_id in gone_ids]
+        return lost
 
     def reclaim(self, model: str, consumer: str, min_idle_ms: int, count: int = 64) -> list[Claimed]:
-        """Take over entries idle for ``min_idle_ms`` (their worker died or hung)."""
-        res = self._r.xautoclaim(self._queue(model), GROUP, consumer, min_idle_ms, "0-0", count=count)
-        entries = res[1] if len(res) > 1 else []
-        return [_claimed(eid, fields) for eid, fields in entries if fields]
+        """Take over entries idle for ``min_idle_ms`` (their worker died or hung), high first."""
+        out: list[Claimed] = []
+        for priority in PRIORITIES:
+            if len(out) >= count:
+                break
+            res = self._r.xautoclaim(
+                self._queue(model, priority), GROUP, consumer, min_idle_ms, "0-0", count=count - len(out)
+            )
+            entries = res[1] if len(res) > 1 else []
+            out += [_claimed(eid, fields, priority) for eid, fields in entries if fields]
+        return out
 
     def dead_letter(self, model: str, job_id: str, attempts: int, keep: int = 10_000) -> None:
         """Record a job given up on, for an operator to inspect (the newest ``keep`` are kept)."""
@@ -431,27 +504,41 @@ class RedisStore:
             entries = self._r.xrevrange(self._dead(model), count=count)
         return [{_s(k): _s(v) for k, v in fields.items()} for _eid, fields in entries]
 
-    def queue_position(self, model: str, entry_id: str, limit: int = 10_000) -> int | None:
-        """1-based position among entries not yet handed to a worker; None once handed out."""
+    def queue_position(
+        self, model: str, entry_id: str, priority: Priority = Priority.NORMAL, limit: int = 10_000
+    ) -> int | None:
+        """1-based position among entries not yet handed to a worker, counting the waiting
+        jobs of higher priorities first; None once handed out."""
+        stream = self._queue(model, priority)
         with _unavailable():
-            groups = self._r.xinfo_groups(self._queue(model))
+            groups = self._r.xinfo_groups(stream)
             last = next((_s(g["last-delivered-id"]) for g in groups if _s(g["name"]) == GROUP), "0-0")
             if _entry_key(entry_id) <= _entry_key(last):
                 return None
-            return len(self._r.xrange(self._queue(model), f"({last}", entry_id, count=limit))
+            own = len(self._r.xrange(stream, f"({last}", entry_id, count=limit))
+        ahead = sum(self._stream_stats(model, p, limit)[0] for p in PRIORITIES[: PRIORITIES.index(priority)])
+        return own + ahead
 
     def queue_depth(self, model: str) -> int:
-        """Entries waiting for a worker (not yet delivered)."""
+        """Jobs waiting for a worker (not yet delivered), all priorities."""
         return self.queue_stats(model).depth
 
     def queue_stats(self, model: str, limit: int = 100_000) -> QueueStats:
-        """Jobs still queued and not yet delivered: how many, their denoiser evaluations and the
-        oldest one's age (entries scanned up to ``limit``; past that, lower bounds)."""
+        """Jobs still queued and not yet delivered, all priorities: how many, their denoiser
+        evaluations and the oldest one's age (entries scanned up to ``limit`` per priority;
+        past that, lower bounds)."""
+        per = [self._stream_stats(model, p, limit) for p in PRIORITIES]
+        ages = [age for _, _, age in per if age >= 0]
+        return QueueStats(
+            sum(d for d, _, _ in per), sum(w for _, w, _ in per), max(ages) / 1000 if ages else None
+        )
+
+    def _stream_stats(self, model: str, priority: Priority, limit: int) -> tuple[int, int, int]:
         with _unavailable():
             depth, work, age_ms = self._queue_stats(
-                keys=[self._queue(model)], args=[GROUP, limit, self.prefix]
+                keys=[self._queue(model, priority)], args=[GROUP, limit, self.prefix]
             )
-        return QueueStats(int(depth), int(work), None if int(age_ms) < 0 else int(age_ms) / 1000)
+        return int(depth), int(work), int(age_ms)
 
     # workers ----------------------------------------------------------------------------
     def heartbeat(self, model: str, worker_id: str, now: float | None = None) -> None:
@@ -507,8 +594,13 @@ def _unavailable() -> Iterator[None]:
 _MUTABLE_FIELDS = ("started_at", "finished_at", "step", "attempts", "worker", "error", "image_count")
 
 
-def _claimed(entry_id: Any, fields: dict[bytes, bytes]) -> Claimed:
-    return Claimed(_s(entry_id), _s(fields[b"job"]), int(fields.get(b"work", 0)))
+def _claimed(entry_id: Any, fields: dict[bytes, bytes], priority: Priority) -> Claimed:
+    return Claimed(_s(entry_id), _s(fields[b"job"]), int(fields.get(b"work", 0)), priority)
+
+
+def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
+    """A Lua reply's flat [field, value, ...] list as the dict redis-py gives for entries."""
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
 def _s(v: Any) -> str:

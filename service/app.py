@@ -260,7 +260,7 @@ def _valid_id(job_id: str) -> bool:
 def _position(state: State, job: Job) -> int | None:
     if job.status != Status.QUEUED or job.entry_id is None:
         return None
-    return state.store.queue_position(job.request.model, job.entry_id)
+    return state.store.queue_position(job.request.model, job.entry_id, job.request.priority)
 
 
 def _error_response(status: int, body: dict[str, Any], retry_after: float | None = None) -> JSONResponse:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from diffq import failpoints
 from diffq.failpoints import Failpoints
-from diffq.jobs import ErrorType, Job, JobError, Status, expire, image_seed, transition
+from diffq.jobs import PRIORITIES, ErrorType, Job, JobError, Status, expire, image_seed, transition
 from diffq.store import Claimed, RedisStore
 from model_store.manifest import Manifest
 from sampling.denoise import RowState, denoise_step, start_row, to_uint8
@@ -48,7 +48,7 @@ def outage_backoff(failures: int) -> float:
 @dataclass
 class InFlight:
     job: Job
-    entry_id: str
+    claimed: Claimed  # the queue entry, acked once the job is finished
     rows: list[RowState]
 
     @property
@@ -173,15 +173,14 @@ class Worker:
             finished = []
             for f, current in zip(flights, records, strict=True):
                 if current is None or current.terminal:
-                    finished.append(f.entry_id)
+                    finished.append(f.claimed)
                     del self.active[f.job.id]
                 elif current.status != Status.RUNNING or current.worker != self.worker_id:
                     del self.active[f.job.id]
             self.store.ack(self.model, finished)
         if self.waiting:
             self.waiting = self._with_records([c for c, _ in self.waiting])
-        held = [f.entry_id for f in self.active.values()] + [c.entry_id for c, _ in self.waiting]
-        self.store.renew(self.model, self.worker_id, held)
+        self._renew()
         for f in [f for f in self.active.values() if f.done]:
             self._finish_succeeded(f)  # the outage came between its last step and its ack
         if self._outage_started is not None:
@@ -206,10 +205,29 @@ class Worker:
         if now - self._last_beat >= self.settings.heartbeat_seconds:
             self.store.heartbeat(self.model, self.worker_id, now)
             self._last_beat = now
-            if self.active or self.waiting:  # renew the lease on what we hold
-                held = [f.entry_id for f in self.active.values()] + [c.entry_id for c, _ in self.waiting]
-                self.store.renew(self.model, self.worker_id, held)
+            self._renew()
             self._reclaim()
+
+    def _renew(self) -> None:
+        """Renew the lease on what this worker holds; let go of what another worker took over
+        (this one went quiet past its lease): that worker runs it now, and acks it."""
+        held = [f.claimed for f in self.active.values()] + [c for c, _ in self.waiting]
+        lost = {c.entry_id for c in self.store.renew(self.model, self.worker_id, held)} if held else set()
+        if lost:
+            log.warning("lease lost; letting jobs go", extra={"count": len(lost), "worker": self.worker_id})
+            self.active = {k: f for k, f in self.active.items() if f.claimed.entry_id not in lost}
+            self.waiting = [(c, j) for c, j in self.waiting if c.entry_id not in lost]
+
+    def _done_with(self, claimed: Claimed, job_id: str, finished: bool = False) -> None:
+        """Ack the entry of a finished (or vanished) job. One that is not finished went back to
+        the queue or to another worker meanwhile: acking would delete that worker's entry, so
+        it is only let go here."""
+        if not finished:
+            current = self.store.get(job_id)
+            if current is not None and not current.terminal:
+                log.info("job left to its new holder", extra={"job_id": job_id, "worker": self.worker_id})
+                return
+        self.store.ack(self.model, [claimed])
 
     def _rows_in_use(self) -> int:
         return sum(f.job.request.rows_per_step for f in self.active.values())
@@ -249,9 +267,9 @@ class Worker:
         for c, job in zip(claimed, jobs, strict=True):
             if job is None:  # its record expired while queued: its work leaves the books here
                 self.store.forget_work(self.model, c.work)
-                stale.append(c.entry_id)
+                stale.append(c)
             elif job.terminal:
-                stale.append(c.entry_id)  # cancelled, expired, or finished before a crash
+                stale.append(c)  # cancelled, expired, or finished before a crash
             else:
                 out.append((c, job))
         self.store.ack(self.model, stale)
@@ -259,6 +277,8 @@ class Worker:
 
     def _reclaim(self, force: bool = False) -> bool:
         """Take over entries another worker holds past its lease (it died). True if any."""
+        if self.stop.is_set():  # draining: take on nothing new
+            return False
         now = time.monotonic()
         if not force and now - self._last_reclaim < self.settings.lease_seconds / 3:
             return False
@@ -271,6 +291,8 @@ class Worker:
         return bool(claimed)
 
     def _admit(self) -> None:
+        # High before normal before low; arrival order within a priority (the sort is stable).
+        self.waiting.sort(key=lambda cj: PRIORITIES.index(cj[1].request.priority))
         n = admit(self.policy, self._rows_in_use(), [j.request.rows_per_step for _, j in self.waiting])
         joining, self.waiting = self.waiting[:n], self.waiting[n:]
         for claimed, job in joining:
@@ -282,26 +304,25 @@ class Worker:
             self._dead_letter(claimed, job)
             return
         if job.past_deadline(now):  # too late already: spend no denoiser time on it
-            self._expire(job, now)
-            self._skip(claimed)
+            self._done_with(claimed, job.id, finished=self._expire(job, now))
             return
         if job.status == Status.RUNNING:  # reclaimed from a dead worker: back through queued
             requeued = transition(job, Status.QUEUED, now)
             if not self.store.save_transition(job, requeued):
-                self._skip(claimed)
+                self._done_with(claimed, job.id)
                 return
             log.info("job state", extra={"job_id": job.id, "status": "queued", "reason": "reclaimed"})
             job = requeued
         running = transition(job, Status.RUNNING, now, worker=self.worker_id)
         if not self.store.save_transition(job, running):
-            self._skip(claimed)
+            self._done_with(claimed, job.id)
             return
         self._metrics.started(running)
         req = running.request
         try:
             plan = get_plan(self.manifest.schedule.to_config(), req.sampler, req.steps)
         except ValueError as e:
-            self._finish_failed(InFlight(running, claimed.entry_id, []), ErrorType.INVALID_REQUEST, str(e))
+            self._finish_failed(InFlight(running, claimed, []), ErrorType.INVALID_REQUEST, str(e))
             return
         rows = [
             start_row(
@@ -309,11 +330,8 @@ class Worker:
             )
             for i in range(req.num_images)
         ]
-        self.active[job.id] = InFlight(running, claimed.entry_id, rows)
+        self.active[job.id] = InFlight(running, claimed, rows)
         log.info("job state", extra={"job_id": job.id, "status": "running", "worker": self.worker_id})
-
-    def _skip(self, claimed: Claimed) -> None:
-        self.store.ack(self.model, [claimed.entry_id])
 
     def _dead_letter(self, claimed: Claimed, job: Job) -> None:
         """Park a job delivered ``max_attempts`` times without finishing: it fails, the others go on."""
@@ -321,7 +339,8 @@ class Worker:
         failed = transition(
             job, Status.FAILED, time.time(), error=JobError(ErrorType.MAX_ATTEMPTS_EXCEEDED, message)
         )
-        if self.store.save_transition(job, failed):
+        parked = self.store.save_transition(job, failed)
+        if parked:
             self.store.dead_letter(self.model, job.id, job.attempts)
             self._metrics.dead_lettered()
             self._metrics.finished_job(failed)
@@ -333,7 +352,7 @@ class Worker:
                     "error_type": ErrorType.MAX_ATTEMPTS_EXCEEDED.value,
                 },
             )
-        self._skip(claimed)
+        self._done_with(claimed, job.id, finished=parked)
 
     @property
     def _metrics(self) -> WorkerMetrics:
@@ -357,8 +376,7 @@ class Worker:
         for job_id, flight in list(self.active.items()):
             if flight.job.past_deadline(now):
                 self.active.pop(job_id)
-                self._expire(flight.job, now)  # False: cancelled or expired by the gateway already
-                self.store.ack(self.model, [flight.entry_id])
+                self._done_with(flight.claimed, job_id, finished=self._expire(flight.job, now))
 
     def _drop_cancelled(self) -> None:
         if not self.active:
@@ -370,8 +388,8 @@ class Worker:
                 cancelled = transition(current, Status.CANCELLED, time.time())
                 if self.store.save_transition(current, cancelled):
                     self._metrics.finished_job(cancelled)
-            self.store.ack(self.model, [flight.entry_id])
-            log.info("job state", extra={"job_id": job_id, "status": "cancelled"})
+                    log.info("job state", extra={"job_id": job_id, "status": "cancelled"})
+            self._done_with(flight.claimed, job_id)
 
     def _step(self) -> None:
         started = time.perf_counter()
@@ -431,7 +449,7 @@ class Worker:
         else:  # finished by another worker, cancelled at the last step, expired or gone
             log.info("result not stored", extra={"job_id": f.job.id, "worker": self.worker_id})
         self.failpoints.hit(failpoints.AFTER_STORE_BEFORE_ACK)
-        self.store.ack(self.model, [f.entry_id])
+        self._done_with(f.claimed, f.job.id, finished=done is not None)
         self.active.pop(f.job.id, None)
 
     def _discard_images(self, job_id: str) -> None:
@@ -444,12 +462,16 @@ class Worker:
 
     def _finish_failed(self, f: InFlight, kind: ErrorType, message: str) -> None:
         current = self.store.get(f.job.id) or f.job
-        if not current.terminal:
+        finished = current.terminal
+        if not finished:
             failed = transition(current, Status.FAILED, time.time(), error=JobError(kind, message))
-            if self.store.save_transition(current, failed):
+            finished = self.store.save_transition(current, failed)
+            if finished:
                 self._metrics.finished_job(failed)
-            log.info("job state", extra={"job_id": f.job.id, "status": "failed", "error_type": kind.value})
-        self.store.ack(self.model, [f.entry_id])
+                log.info(
+                    "job state", extra={"job_id": f.job.id, "status": "failed", "error_type": kind.value}
+                )
+        self._done_with(f.claimed, f.job.id, finished=finished)
         self.active.pop(f.job.id, None)
 
 

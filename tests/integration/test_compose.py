@@ -167,6 +167,12 @@ def test_gateway_listens_on_all_interfaces_with_several_processes(render: Render
     assert "/livez" in " ".join(gateway["healthcheck"]["test"])
 
 
+def test_gateway_requires_api_keys_by_default(render: Render) -> None:
+    env = render()["services"]["gateway"]["environment"]
+    assert env["DIFFQ_AUTH"] == "required"
+    assert "DIFFQ_API_KEYS" in env  # empty unless set: the gateway then refuses to start
+
+
 @pytest.mark.parametrize("name", ["worker", "worker-gpu"])
 def test_workers_drain_on_stop_and_report_readiness(render: Render, name: str) -> None:
     worker = render("gpu")["services"][name]

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
-from diffq.store import RedisStore
+from diffq.store import Claimed, RedisStore
 from model_store.store import ModelStore
 from sampling.denoise import denoise_step, start_row
 from sampling.registry import get_plan
@@ -58,7 +58,7 @@ def finished_rows(worker: Worker, job: Job, seed: int) -> InFlight:
     rows = [start_row(plan, seed + i, req.class_label, req.guidance_scale, m.image_shape) for i in range(2)]
     while not all(r.done for r in rows):
         rows = denoise_step(rows, worker.engine.run, m.null_class, m.schedule.prediction_type)
-    return InFlight(job, "0-1", rows)
+    return InFlight(job, Claimed("0-1", job.id), rows)
 
 
 def test_a_stalled_worker_finishing_late_changes_nothing(valkey: str, prefix: str) -> None:
@@ -81,7 +81,7 @@ def test_a_stalled_worker_finishing_late_changes_nothing(valkey: str, prefix: st
     # The stalled worker wakes up and finishes its copy; different seeds here, so a write would show.
     stalled = build_worker(settings(valkey, prefix, worker_id="stalled"))
     flight = finished_rows(stalled, running, seed=12345)
-    flight.entry_id = claimed.entry_id
+    flight.claimed = claimed
     stalled.active[job.id] = flight
     stalled._finish_succeeded(flight)
 

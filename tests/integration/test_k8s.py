@@ -26,6 +26,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from diffq.jobs import PRIORITIES
+from diffq.store import RedisStore
+from service.auth import ApiKeys
+
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS_DIR = ROOT / "k8s" / "overlays"
 SCHEMA_DIR = ROOT / "tests" / "k8s_schemas"
@@ -35,7 +39,8 @@ KUSTOMIZE = Path(sys.prefix) / "shared" / "bin" / "linux" / "kustomize"
 # later than the first, or an API removed by the second, fails.
 K8S_VERSIONS = ("1.33.0", kubernetes_validate.latest_version())
 
-STREAM = "diffq:queue:mnist-cfg-unet"
+# What the workers read: one stream per priority (no connection is made to build the names).
+STREAMS = {RedisStore("redis://unused", prefix="diffq")._queue("mnist-cfg-unet", p) for p in PRIORITIES}
 CONSUMER_GROUP = "workers"
 COMPONENT = "app.kubernetes.io/component"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
@@ -362,17 +367,18 @@ def test_workers_scale_on_the_real_queue(rendered: Rendered) -> None:
     )
     assert spec.get("minReplicaCount", 0) <= spec["maxReplicaCount"]
 
-    (lag,) = [t for t in spec["triggers"] if t["type"] == "redis-streams"]
-    meta = lag["metadata"]
-    assert meta["stream"] == STREAM
-    assert meta["consumerGroup"] == CONSUMER_GROUP
-    assert int(meta["lagCount"]) >= 1 and "activationLagCount" in meta
-    # The KEDA operator is in another namespace, so the address must name ours.
-    host, port = meta["address"].rsplit(":", 1)
-    service, namespace, *_ = host.split(".")
-    assert (namespace, port) == (rendered.namespace, "6379")
-    assert rendered.get("Service", service) is not None
-    assert rendered.get("TriggerAuthentication", lag["authenticationRef"]["name"]) is not None
+    lags = [t for t in spec["triggers"] if t["type"] == "redis-streams"]
+    assert {t["metadata"]["stream"] for t in lags} == STREAMS  # one trigger per priority stream
+    for lag in lags:
+        meta = lag["metadata"]
+        assert meta["consumerGroup"] == CONSUMER_GROUP
+        assert int(meta["lagCount"]) >= 1 and "activationLagCount" in meta
+        # The KEDA operator is in another namespace, so the address must name ours.
+        host, port = meta["address"].rsplit(":", 1)
+        service, namespace, *_ = host.split(".")
+        assert (namespace, port) == (rendered.namespace, "6379")
+        assert rendered.get("Service", service) is not None
+        assert rendered.get("TriggerAuthentication", lag["authenticationRef"]["name"]) is not None
 
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     down, up = behavior["scaleDown"], behavior["scaleUp"]
@@ -517,3 +523,18 @@ def test_validation_refuses_a_kind_it_has_no_schema_for() -> None:
     widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {}}
     with pytest.raises(LookupError):
         validate(widget)
+
+
+def test_gateway_keys_come_from_a_secret_and_only_dev_ships_one() -> None:
+    for overlay in ("dev-cpu", "prod-gpu"):
+        rendered = Rendered(overlay, build(overlay))
+        env = {e["name"]: e for e in the_container(rendered.workload("gateway"))["env"]}
+        ref = env["DIFFQ_API_KEYS"]["valueFrom"]["secretKeyRef"]
+        (secret,) = [s for s in rendered.of_kind("Secret") if s["metadata"]["name"] == ref["name"]] or [None]
+        assert secret is not None, overlay
+        entries = secret_data(secret)[ref["key"]]
+        if overlay == "dev-cpu":
+            assert ApiKeys.parse(entries).identify("dq_dev-only-key") == "dev"
+        else:  # the placeholder is refused, so an unconfigured gateway does not start
+            with pytest.raises(ValueError):
+                ApiKeys.parse(entries)

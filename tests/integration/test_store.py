@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
 from diffq.errors import Unavailable
-from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
+from diffq.jobs import Job, JobRequest, Priority, Status, new_job_id, transition
 from diffq.serve import free_port
 from diffq.store import RedisStore
 
@@ -45,7 +46,7 @@ def test_claim_positions_depth_and_ack(store: RedisStore) -> None:
     assert store.queue_position(MODEL, entries[0]) is None
     assert store.queue_position(MODEL, entries[2]) == 1
     assert store.queue_depth(MODEL) == 1
-    store.ack(MODEL, [c.entry_id for c in claimed])
+    store.ack(MODEL, claimed)
     assert [c.job_id for c in store.claim(MODEL, "w2", 5, None)] == [jobs[2].id]
     assert store.claim(MODEL, "w2", 5, None) == []
 
@@ -92,7 +93,7 @@ def test_reclaim_takes_idle_entries_and_renew_keeps_them(store: RedisStore) -> N
     store.submit(b)
     held = store.claim(MODEL, "dead", 2, None)
     time.sleep(0.3)
-    store.renew(MODEL, "dead", [held[1].entry_id])  # only b's lease is renewed
+    assert store.renew(MODEL, "dead", [held[1]]) == []  # only b's lease is renewed
     taken = store.reclaim(MODEL, "alive", min_idle_ms=200)
     assert [c.job_id for c in taken] == [a.id]
 
@@ -162,3 +163,35 @@ def test_dead_letters_are_kept_newest_first(store: RedisStore) -> None:
     store.dead_letter(MODEL, "b" * 32, 4)
     letters = store.dead_letters(MODEL)
     assert [(d["job"], d["attempts"]) for d in letters] == [("b" * 32, "4"), ("a" * 32, "3")]
+
+
+def test_claims_take_high_before_normal_before_low(store: RedisStore) -> None:
+    jobs = {}
+    for priority in (Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.NORMAL):
+        job = new_job()
+        job = replace(job, request=replace(job.request, priority=priority))
+        jobs[job.id] = job
+        store.submit(job)
+    low, normal, high, normal2 = jobs.values()
+    # Positions count the waiting jobs of higher priorities first.
+    stored = [store.get(j) for j in jobs]
+    positions = [store.queue_position(MODEL, j.entry_id or "", j.request.priority) for j in stored if j]
+    assert positions == [4, 2, 1, 3]
+    order = [c for _ in range(4) for c in store.claim(MODEL, "w", 1, None)]
+    assert [c.job_id for c in order] == [high.id, normal.id, normal2.id, low.id]
+    assert [c.priority for c in order] == ["high", "normal", "normal", "low"]
+    assert store.claim(MODEL, "w", 1, 50) == []  # blocking on all three, nothing arrives
+
+
+def test_renew_lets_go_of_entries_another_worker_took(store: RedisStore) -> None:
+    a, b = new_job(), new_job()
+    store.submit(a)
+    store.submit(b)
+    held = store.claim(MODEL, "slow", 2, None)
+    time.sleep(0.25)
+    taken = store.reclaim(MODEL, "other", min_idle_ms=200, count=1)
+    assert [c.job_id for c in taken] == [a.id]
+    lost = store.renew(MODEL, "slow", held)
+    assert [c.job_id for c in lost] == [a.id]
+    # The renewal did not take a's entry back: "other" still holds it.
+    assert store.renew(MODEL, "other", taken) == []

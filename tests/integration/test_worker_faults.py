@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
+from diffq.jobs import Job, JobRequest, Priority, Status, new_job_id, transition
 from diffq.store import RedisStore
 from model_store.store import ModelStore
 from workers.config import WorkerSettings
@@ -107,3 +107,22 @@ def test_a_running_job_stops_at_its_deadline(valkey: str, prefix: str) -> None:
     assert store.get_image(slow.id, 0) is None
     reg = worker._metrics.registry
     assert reg.get_sample_value("diffq_jobs_finished_total", {"model": MODEL, "status": "expired"}) == 1
+
+
+def test_workers_take_high_priority_jobs_first(valkey: str, prefix: str) -> None:
+    store = RedisStore(valkey, prefix=prefix)
+    store.ensure_group(MODEL)
+    submitted = []
+    for priority in (Priority.LOW, Priority.NORMAL, Priority.HIGH):
+        job = queued(6)
+        job = replace(job, request=replace(job.request, class_label=None, priority=priority))
+        store.submit(job)
+        submitted.append(job)
+    # One denoiser row per call: the jobs run one after another, in the order the worker picks.
+    worker = build_worker(settings(valkey, prefix, max_batch_rows=1, max_wait_ms=0))
+    worker.run(burst=True)
+
+    done = [store.get(j.id) for j in submitted]
+    assert all(d is not None and d.status == Status.SUCCEEDED for d in done)
+    started = {d.request.priority: d.started_at for d in done if d}
+    assert started[Priority.HIGH] < started[Priority.NORMAL] < started[Priority.LOW]  # type: ignore[operator]
