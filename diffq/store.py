@@ -68,8 +68,9 @@ return {'ok', entry}
 
 # Compare-and-set the status; extra ARGV pairs are fields to set, '' values are deleted.
 # Also keeps the books: a job leaving "queued" takes its work off the model's counter (one
-# going back to "queued" puts it back), and a terminal job leaves its owner's in-flight set.
-# KEYS: job, images, owner's in-flight set, model's work counter.
+# going back to "queued" puts it back), and a terminal job leaves its owner's in-flight set
+# and is announced on its channel (for clients waiting on it).
+# KEYS: job, images, owner's in-flight set, model's work counter, the job's channel.
 # ARGV: expected status, new status, ttl, job id, work delta, release ('1'/''), then pairs.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
@@ -82,7 +83,10 @@ for i = 7, #ARGV, 2 do
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-if ARGV[6] == '1' then redis.call('ZREM', KEYS[3], ARGV[4]) end
+if ARGV[6] == '1' then
+  redis.call('ZREM', KEYS[3], ARGV[4])
+  redis.call('PUBLISH', KEYS[5], ARGV[2])
+end
 if tonumber(ARGV[5]) ~= 0 then
   if redis.call('INCRBY', KEYS[4], ARGV[5]) < 0 then redis.call('SET', KEYS[4], 0) end
 end
@@ -263,6 +267,9 @@ class RedisStore:
     def _rate(self, owner: str) -> str:
         return f"{self.prefix}:rate:{owner}"
 
+    def _done_channel(self, job_id: str) -> str:
+        return f"{self.prefix}:done:{job_id}"
+
     # health -----------------------------------------------------------------------------
     def ping(self) -> bool:
         try:
@@ -383,10 +390,29 @@ class RedisStore:
             self._images(after.id),
             self._inflight(after.owner),
             self._work(after.request.model),
+            self._done_channel(after.id),
         ]
         with _unavailable():
             res = self._transition(keys=keys, args=args)
         return res is not None and _s(res) == "OK"
+
+    def wait_finished(self, job_id: str, timeout: float) -> None:
+        """Return once the job is terminal (or gone), or after ``timeout`` seconds.
+
+        Subscribes to the job's channel before reading its status, so a finish between the
+        two is not missed; one pub/sub connection per waiting call.
+        """
+        with _unavailable():
+            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self._done_channel(job_id))
+                job = self.get(job_id)
+                deadline = time.monotonic() + timeout
+                while job is not None and not job.terminal and (left := deadline - time.monotonic()) > 0:
+                    if pubsub.get_message(timeout=min(left, 0.5)) is not None:
+                        return
+            finally:
+                pubsub.close()
 
     def set_progress(self, steps: dict[str, int]) -> None:
         """Record each running job's step (one round trip for the whole batch)."""

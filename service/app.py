@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from dataclasses import replace
 from typing import Annotated, Any
@@ -94,6 +95,31 @@ def get_owner(
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        alias="Prefer",
+        max_length=200,
+        description="`wait=N`: hold the answer until the job is terminal or N seconds pass "
+        "(at most the server's limit, 60 s by default), so clients need not poll.",
+    ),
+]
+_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+(?:\.\d+)?)")
+
+
+def _wait_then_load(state: State, job: Job, owner: str, prefer: str | None, response: Response) -> Job:
+    """With ``Prefer: wait=N``, the job once terminal or after N seconds (RFC 7240)."""
+    m = _WAIT.search(prefer or "")
+    if m is None:
+        return job
+    wait = min(float(m.group(1)), state.settings.max_wait_seconds)
+    response.headers["Preference-Applied"] = f"wait={wait:g}"
+    if job.terminal or wait <= 0:
+        return job
+    state.store.wait_finished(job.id, wait)
+    return _load(state, job.id, owner)
+
+
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -134,6 +160,7 @@ def _add_routes(app: FastAPI) -> None:
         owner: OwnerDep,
         response: Response,
         idempotency_key: IdempotencyKey = None,
+        prefer: PreferHeader = None,
     ) -> JobView:
         """Queue a generation job. Answers at once with the job and its Location."""
         settings = state.settings
@@ -155,12 +182,15 @@ def _add_routes(app: FastAPI) -> None:
             state.metrics.submitted.labels(req.model).inc()
             log.info("job state", extra={"job_id": job.id, "status": "queued", "model": req.model})
         response.headers["Location"] = f"/v1/jobs/{job.id}"
+        job = _wait_then_load(state, job, owner, prefer, response)
         return job_view(job, position=_position(state, job), base=settings.public_base_url)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
-    def get_job(job_id: str, state: StateDep, owner: OwnerDep) -> JobView:
+    def get_job(
+        job_id: str, state: StateDep, owner: OwnerDep, response: Response, prefer: PreferHeader = None
+    ) -> JobView:
         """The job's status, progress, timings and image URLs."""
-        job = _load(state, job_id, owner)
+        job = _wait_then_load(state, _load(state, job_id, owner), owner, prefer, response)
         return job_view(job, position=_position(state, job), base=state.settings.public_base_url)
 
     @app.get(

@@ -31,6 +31,12 @@ class GatewaySettings(CommonSettings):
         validation_alias=AliasChoices("DIFFQ_GATEWAY_PROCESSES"),
         description="uvicorn worker processes; metrics are merged across them.",
     )
+    max_wait_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=600,
+        description="Longest `Prefer: wait=N` honoured; each waiting request holds a worker thread.",
+    )
     public_base_url: str = Field(
         default="", description="Prefix for image URLs in job views; empty = relative URLs."
     )

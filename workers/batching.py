@@ -7,7 +7,7 @@ between steps while rows are free.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -40,3 +40,18 @@ def free_rows(policy: BatchPolicy, active_rows: int) -> int:
 def keep_gathering(policy: BatchPolicy, now: float, gather_started: float, rows: int) -> bool:
     """An idle worker that has some work waits for more until full or ``max_wait_s`` has passed."""
     return rows < policy.max_rows and now - gather_started < policy.max_wait_s
+
+
+def tick_rows(curve: Mapping[int, float], fraction: float = 0.9) -> int:
+    """The rows per denoiser call to aim for, from a measured throughput curve.
+
+    ``curve`` maps batch size (rows) to throughput (rows per second). Past the knee, bigger
+    calls buy little throughput but every image waits longer per step, so the tick is the
+    smallest batch that reaches ``fraction`` of the best throughput measured.
+    """
+    if not curve:
+        raise ValueError("an empty throughput curve")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    best = max(curve.values())
+    return min(size for size, rate in curve.items() if rate >= fraction * best)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
@@ -17,7 +17,16 @@ class WorkerSettings(CommonSettings):
         default=None, description="Model this worker serves; default: the first in the store."
     )
     max_batch_rows: int = Field(
-        default=64, ge=1, le=4096, description="Most denoiser rows per call (guided images count twice)."
+        default=0,
+        ge=0,
+        le=4096,
+        description="Most denoiser rows per call (guided images count twice); 0 = measure the "
+        "engine at start-up and take the knee of its throughput curve.",
+    )
+    batching: Literal["continuous", "request"] = Field(
+        default="continuous",
+        description="continuous: jobs join the running set between steps; request: a batch runs "
+        "to completion before the next one forms (for comparison).",
     )
     max_wait_ms: int = Field(
         default=10, ge=0, le=10_000, description="How long an idle worker gathers jobs before its first step."

@@ -11,6 +11,8 @@ import logging
 from diffq.logs import setup_logging
 from diffq.store import RedisStore
 from model_store.store import ModelStore
+from workers.batching import tick_rows
+from workers.calibration import measure_curve
 from workers.config import WorkerSettings
 from workers.engine import Engine, EngineOptions
 from workers.http import WorkerHealth, start_http
@@ -37,6 +39,17 @@ def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -
             "seconds": round(engine.load_seconds, 3),
         },
     )
+    if settings.max_batch_rows == 0:  # measure this hardware and take the knee
+        curve = measure_curve(engine.run, stored.manifest.image_shape, len(stored.manifest.classes))
+        settings = settings.model_copy(update={"max_batch_rows": tick_rows(curve)})
+        log.info(
+            "tick size from the engine curve",
+            extra={
+                "rows": settings.max_batch_rows,
+                "curve": {size: round(rate) for size, rate in curve.items()},
+            },
+        )
+    metrics.tick_rows.labels(stored.manifest.name).set(settings.max_batch_rows)
     store = RedisStore(
         settings.redis_url, settings.key_prefix, settings.result_ttl_seconds, settings.redis_timeout_seconds
     )

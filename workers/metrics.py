@@ -21,6 +21,12 @@ class WorkerMetrics:
         self.model_load = Gauge(
             f"{PREFIX}_model_load_seconds", "Time to load the model into the engine.", ["model"], registry=r
         )
+        self.tick_rows = Gauge(
+            f"{PREFIX}_worker_tick_rows",
+            "Most denoiser rows per call (configured, or the knee of the engine curve measured at start).",
+            ["model"],
+            registry=r,
+        )
         self.call_duration = Histogram(
             f"{PREFIX}_denoiser_call_duration_seconds",
             "Duration of one denoiser call over the whole batch.",

@@ -242,6 +242,8 @@ class Worker:
         workers get them. An idle worker blocks for the first job, then gathers for up to
         ``max_wait`` before its first step.
         """
+        if self.settings.batching == "request" and self.active:
+            return  # request-level batching: the next batch forms only once this one is done
         if not self.active and not self.waiting:
             got = self._claim(self.settings.poll_ms)
             if not got:
@@ -291,6 +293,8 @@ class Worker:
         return bool(claimed)
 
     def _admit(self) -> None:
+        if self.settings.batching == "request" and self.active:
+            return
         # High before normal before low; arrival order within a priority (the sort is stable).
         self.waiting.sort(key=lambda cj: PRIORITIES.index(cj[1].request.priority))
         n = admit(self.policy, self._rows_in_use(), [j.request.rows_per_step for _, j in self.waiting])

@@ -207,3 +207,15 @@ def test_submit_cli_saves_the_pngs(stack: Stack, tmp_path: Path) -> None:
     assert len(saved) == 2
     assert Image.open(saved[0]).size == (28, 28)
     assert "seed 5" in out.stdout and "seed 6" in out.stdout
+
+
+def test_prefer_wait_answers_once_the_job_is_done(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        # On submit: one request, the finished job back.
+        r = client.post("/v1/jobs", json={"class_label": 6, "steps": 6}, headers={"Prefer": "wait=20"})
+        assert r.status_code == 202 and r.headers["Preference-Applied"] == "wait=20"
+        assert r.json()["status"] == "succeeded" and len(r.json()["images"]) == 1
+        # On poll: a long job, held until it finishes.
+        job = client.post("/v1/jobs", json={"class_label": 6, "steps": 300, "sampler": "ddpm"}).json()
+        r = client.get(f"/v1/jobs/{job['id']}", headers={"Prefer": "respond-async, wait=20"})
+        assert r.json()["status"] == "succeeded", r.json()

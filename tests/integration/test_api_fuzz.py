@@ -35,6 +35,7 @@ def fuzz_gateway(valkey: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         DIFFQ_API_KEYS=f"fuzz:{hash_key(KEY)}",
         DIFFQ_RATE_LIMIT_PER_SECOND="1000",
         DIFFQ_RATE_LIMIT_BURST="1000",
+        DIFFQ_MAX_WAIT_SECONDS="0.2",  # a generated `Prefer: wait=N` must not stall the run
     )
     stack = Stack(env=env, logs=tmp_path_factory.mktemp("fuzz"))
     stack.start_gateway()

@@ -20,8 +20,13 @@ MODEL = ModelStore().get("mnist-cfg-unet").manifest.name
 
 
 def settings(valkey: str, prefix: str, **extra: Any) -> WorkerSettings:
+    extra = {"max_batch_rows": 64, **extra}  # fixed, not measured at start
     return WorkerSettings(
-        redis_url=valkey, key_prefix=prefix, intra_op_threads=2, heartbeat_seconds=0.2, **extra
+        redis_url=valkey,
+        key_prefix=prefix,
+        intra_op_threads=2,
+        heartbeat_seconds=0.2,
+        **extra,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -172,3 +173,13 @@ def test_not_ready_without_redis(make_stack) -> None:  # type: ignore[no-untyped
 def test_unknown_route_is_json_404(gateway: httpx.Client) -> None:
     r = gateway.get("/v2/nothing")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+
+
+def test_prefer_wait_is_bounded_and_reported(gateway: httpx.Client) -> None:
+    job = submit(gateway, class_label=1, seed=5).json()  # no worker: it stays queued
+    started = time.monotonic()
+    r = gateway.get(f"/v1/jobs/{job['id']}", headers={"Prefer": "wait=1"})
+    assert time.monotonic() - started >= 0.9  # it did hold the answer
+    assert r.status_code == 200 and r.json()["status"] == "queued"
+    assert r.headers["Preference-Applied"] == "wait=1"
+    assert "Preference-Applied" not in gateway.get(f"/v1/jobs/{job['id']}").headers

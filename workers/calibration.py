@@ -1,0 +1,42 @@
+"""Measure the engine's throughput curve at start-up, to choose the tick size on this hardware.
+
+A few calls per batch size on random inputs (the denoiser's cost does not depend on the
+values), timed with the engine's own clock. ``workers.batching.tick_rows`` turns the curve
+into rows per call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+Run = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def measure_curve(
+    run: Run,
+    image_shape: tuple[int, int, int],
+    classes: int,
+    sizes: Sequence[int] = SIZES,
+    seconds_per_size: float = 0.1,
+    seed: int = 0,
+) -> dict[int, float]:
+    """Rows per second for each batch size: one warm-up call, then calls until the time is up
+    (at least two)."""
+    rng = np.random.default_rng(seed)
+    curve = {}
+    for size in sizes:
+        x = rng.standard_normal((size, *image_shape), dtype=np.float32)
+        t = rng.integers(0, 1000, size).astype(np.float32)
+        c = rng.integers(0, classes, size).astype(np.int64)
+        run(x, t, c)
+        calls, started = 0, time.perf_counter()
+        while calls < 2 or time.perf_counter() - started < seconds_per_size:
+            run(x, t, c)
+            calls += 1
+        curve[size] = size * calls / (time.perf_counter() - started)
+    return curve
