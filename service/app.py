@@ -1,4 +1,5 @@
-"""The HTTP gateway: validates, queues and reports jobs. Never waits on a worker."""
+"""The HTTP gateway: validates, queues and reports jobs. Waits on a worker only when a client
+asks to (``Prefer: wait=N``)."""
 
 from __future__ import annotations
 

@@ -44,6 +44,17 @@ class WorkerSettings(CommonSettings):
     providers: tuple[str, ...] | None = Field(
         default=None, description="onnxruntime providers; default: auto."
     )
+    io_binding: bool | None = Field(
+        default=None,
+        description="Run the denoiser through onnxruntime IOBinding (its output buffer stays on the "
+        "provider's device and is reused); unset: on with the CUDA provider, off on CPU.",
+    )
+    cuda_graph: bool = Field(
+        default=False,
+        description="CUDA only: pad each denoiser call to a batch bucket (powers of two up to "
+        "max_batch_rows) and replay a CUDA graph captured per bucket; without CUDA it is turned "
+        "off with a warning.",
+    )
     max_attempts: int = Field(
         default=3,
         ge=1,

@@ -1,24 +1,37 @@
 """The denoiser engine: the one module that imports onnxruntime.
 
 Chooses execution providers (CUDA when available, else CPU), sets threads, runs one batch and
-reports how long each call took. Callers hand numpy arrays in and get numpy out; a CUDA
-engine with IOBinding can sit behind the same ``run`` without changing them.
+reports how long each call took. Callers hand numpy arrays in and get numpy out, whichever of
+the three ways a call runs:
+
+- plain ``session.run`` (the default on CPU);
+- IOBinding (``EngineOptions.io_binding``, the default on CUDA): the output lands in a buffer
+  on the provider's device that the engine owns and reuses (see ``BoundRun``);
+- CUDA graphs (``EngineOptions.cuda_graph``, CUDA only): each call is padded to a batch bucket
+  and runs through that bucket's session, which captured a graph over fixed device buffers
+  (see ``BucketedSessions``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from model_store.manifest import Manifest
+from model_store.manifest import Manifest, TensorSpec
+from workers.buckets import check_buckets, default_buckets, run_bucketed
+
+log = logging.getLogger("diffq.engine")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+
+ProviderEntry = str | tuple[str, dict[str, str]]
 
 
 def choose_providers(available: Sequence[str], requested: Sequence[str] | None = None) -> list[str]:
@@ -42,6 +55,31 @@ def choose_providers(available: Sequence[str], requested: Sequence[str] | None =
     return chosen
 
 
+def use_io_binding(requested: bool | None, session_providers: Sequence[str]) -> bool:
+    """IOBinding as asked; unset, it is on when the session runs on CUDA, where it saves the
+    per-call output allocation, and off on CPU, where it buys nothing."""
+    return CUDA in session_providers if requested is None else requested
+
+
+def use_cuda_graph(requested: bool, session_providers: Sequence[str]) -> bool:
+    """CUDA graphs only when asked and the session's first provider is CUDA.
+
+    Asked for without CUDA, they are turned off with a warning rather than failing the worker:
+    graphs change speed, not results, and one setting may be shared by CPU and GPU workers.
+    (A CUDA provider that was requested by name but is missing still fails, in
+    ``choose_providers``.)
+    """
+    if not requested:
+        return False
+    if not session_providers or session_providers[0] != CUDA:
+        log.warning(
+            "cuda_graph requested but the session does not run on CUDA; running without graphs",
+            extra={"providers": list(session_providers)},
+        )
+        return False
+    return True
+
+
 class EngineError(Exception):
     pass
 
@@ -51,6 +89,9 @@ class EngineOptions:
     providers: tuple[str, ...] | None = None  # None: choose automatically
     intra_op_threads: int = 0  # 0: onnxruntime's default (all cores)
     inter_op_threads: int = 1
+    io_binding: bool | None = None  # None: on when the session runs on CUDA, off otherwise
+    cuda_graph: bool = False  # CUDA only; ignored with a warning elsewhere (use_cuda_graph)
+    graph_buckets: tuple[int, ...] = default_buckets(256)  # batch sizes that get a graph each
 
 
 @dataclass
@@ -70,23 +111,38 @@ class Engine:
     def __init__(
         self, model_path: Path, manifest: Manifest, options: EngineOptions = EngineOptions()
     ) -> None:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = options.intra_op_threads
-        so.inter_op_num_threads = options.inter_op_threads
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = choose_providers(ort.get_available_providers(), options.providers)
+        self._model_path = model_path
+        self._options = options
+        self._providers = choose_providers(ort.get_available_providers(), options.providers)
         started = time.perf_counter()
-        self._session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+        self._session = self._new_session(self._providers)
         self.load_seconds = time.perf_counter() - started
         self.manifest = manifest
         self._check_io(manifest)
         self._input_names = [spec.name for spec in manifest.inputs]
         self._output_name = manifest.outputs[0].name
         self.stats = CallStats()
+        session_providers = self.providers
+        self.device = "cuda" if CUDA in session_providers else "cpu"
+        self.io_binding = use_io_binding(options.io_binding, session_providers)
+        self.cuda_graph = use_cuda_graph(options.cuda_graph, session_providers)
+        self._bound = BoundRun(self._session, manifest, self.device) if self.io_binding else None
+        self._bucketed = self.bucketed(options.graph_buckets, capture=True) if self.cuda_graph else None
+        if self._bucketed is not None:
+            # Build the smallest bucket now: a model CUDA graphs cannot run fails the start,
+            # not a job. The other buckets are built on their first call.
+            self._bucketed.prepare(self._bucketed.buckets[0])
 
     @property
     def providers(self) -> list[str]:
         return list(self._session.get_providers())
+
+    def _new_session(self, providers: Sequence[ProviderEntry]) -> ort.InferenceSession:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self._options.intra_op_threads
+        so.inter_op_num_threads = self._options.inter_op_threads
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(self._model_path), sess_options=so, providers=list(providers))
 
     def _check_io(self, manifest: Manifest) -> None:
         got_in = [(i.name, i.type) for i in self._session.get_inputs()]
@@ -99,28 +155,202 @@ class Engine:
                 f"{want_in} -> {want_out}"
             )
 
+    def bucketed(self, buckets: Sequence[int], *, capture: bool) -> BucketedSessions:
+        """Padded calls over fixed per-bucket buffers on this engine's device.
+
+        ``capture=True`` (CUDA only) makes each bucket's session capture a CUDA graph; the
+        engine uses that when ``cuda_graph`` is on. ``capture=False`` runs the same padding,
+        buffers and bindings with the engine's own providers, which is how the path is tested
+        on CPU.
+        """
+        providers: list[ProviderEntry] = list(self._providers)
+        if capture:
+            if self.device != "cuda" or self._providers[0] != CUDA:
+                raise EngineError(f"CUDA graphs need the CUDA provider first, have {self._providers}")
+            providers[0] = (CUDA, {"enable_cuda_graph": "1"})
+        return BucketedSessions(
+            lambda: self._new_session(providers),
+            self.manifest,
+            self.device,
+            check_buckets(buckets),
+            unbucketed=self._run_unbucketed,
+        )
+
     def run(self, sample: np.ndarray, timestep: np.ndarray, class_label: np.ndarray) -> np.ndarray:
         """One denoiser call over a batch: [B,C,H,W] float32, [B] float32, [B] int64."""
-        feeds = dict(
-            zip(
-                self._input_names,
-                (
-                    np.ascontiguousarray(sample, dtype=np.float32),
-                    np.ascontiguousarray(timestep, dtype=np.float32),
-                    np.ascontiguousarray(class_label, dtype=np.int64),
-                ),
-                strict=True,
-            )
+        inputs = (
+            np.ascontiguousarray(sample, dtype=np.float32),
+            np.ascontiguousarray(timestep, dtype=np.float32),
+            np.ascontiguousarray(class_label, dtype=np.int64),
         )
         started = time.perf_counter()
-        (out,) = self._session.run([self._output_name], feeds)
+        out = (self._bucketed.run if self._bucketed is not None else self._run_unbucketed)(*inputs)
         elapsed = time.perf_counter() - started
         s = self.stats
         s.calls += 1
         s.rows += len(timestep)
         s.seconds += elapsed
         s.last_seconds, s.last_rows = elapsed, len(timestep)
+        return out
+
+    def _run_unbucketed(self, *inputs: np.ndarray) -> np.ndarray:
+        if self._bound is not None:
+            return self._bound.run(*inputs)
+        feeds = dict(zip(self._input_names, inputs, strict=True))
+        (out,) = self._session.run([self._output_name], feeds)
         return np.asarray(out)
+
+
+class BoundRun:
+    """Calls through IOBinding: numpy inputs bound from host memory, the output written into a
+    buffer on the session's device that this object owns and reuses.
+
+    The buffer is allocated once per capacity (grown to the next power of two when a bigger
+    batch comes) and each call binds its first B rows, so no call allocates device memory for
+    its output; the result is copied to the host once, at the end of the call.
+
+    What stays on the device: the output buffer, and everything between the inputs and the
+    output (as in any onnxruntime call). What cannot yet: the latents. The sampler's update is
+    numpy on the host, so ``x`` goes host -> device and the prediction device -> host every
+    step; keeping ``x`` on the device would need the sampler math there too (and the seeded
+    per-image noise with it). Measured for a small fp32 UNet on an H200, host inputs and
+    outputs plus the numpy update cost 1.03x to 1.06x of an all-device IOBinding call, so
+    that move waits for a measurement on this model.
+    """
+
+    def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str) -> None:
+        self._session = session
+        self._device = device
+        self._input_names = [spec.name for spec in manifest.inputs]
+        self._output = manifest.outputs[0]
+        self._row_shape = _row_shape(self._output)
+        self._dtype = np.dtype(self._output.dtype)
+        self._buffer: ort.OrtValue | None = None
+        self._capacity = 0
+
+    def run(self, sample: np.ndarray, timestep: np.ndarray, class_label: np.ndarray) -> np.ndarray:
+        rows = len(timestep)
+        if rows > self._capacity:
+            self._capacity = 1 << max(0, rows - 1).bit_length()
+            self._buffer = ort.OrtValue.ortvalue_from_shape_and_type(
+                [self._capacity, *self._row_shape], self._dtype, self._device, 0
+            )
+        assert self._buffer is not None
+        binding = self._session.io_binding()
+        for name, array in zip(self._input_names, (sample, timestep, class_label), strict=True):
+            binding.bind_cpu_input(name, array)
+        binding.bind_output(
+            self._output.name,
+            self._device,
+            0,
+            self._dtype,
+            [rows, *self._row_shape],
+            self._buffer.data_ptr(),
+        )
+        self._session.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0])
+
+
+@dataclass
+class _BucketSession:
+    """One bucket's session, bound once to device buffers whose addresses never change (a
+    captured graph replays with the addresses it was captured with)."""
+
+    session: ort.InferenceSession
+    binding: ort.IOBinding
+    inputs: list[ort.OrtValue]
+    output: ort.OrtValue
+
+
+class BucketedSessions:
+    """Calls padded to a batch bucket, each bucket with its own session and fixed buffers.
+
+    A graph replays the shapes and buffer addresses it was captured with. Each bucket gets its
+    own session, which captures one graph, created on the bucket's first call (``prepare``
+    builds one ahead). A call copies its padded inputs into the bucket's input buffers
+    (``update_inplace``), replays, and copies the output back; rows above the largest bucket
+    run unpadded through ``unbucketed``. Every bucket session holds its own copy of the
+    weights on the device. (onnxruntime can also keep several graphs in one session, picked
+    per run by the ``gpu_graph_id`` run option, which would share the weights; not used yet.)
+    """
+
+    def __init__(
+        self,
+        new_session: Callable[[], ort.InferenceSession],
+        manifest: Manifest,
+        device: str,
+        buckets: tuple[int, ...],
+        unbucketed: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    ) -> None:
+        self._new_session = new_session
+        self._manifest = manifest
+        self._device = device
+        self.buckets = buckets
+        self._unbucketed = unbucketed
+        self._sessions: dict[int, _BucketSession] = {}
+        self._warned_oversize = False
+
+    @property
+    def built(self) -> list[int]:
+        """Buckets whose session exists, ascending."""
+        return sorted(self._sessions)
+
+    def prepare(self, bucket: int) -> None:
+        if bucket in self._sessions:
+            return
+        started = time.perf_counter()
+        try:
+            session = self._new_session()
+        except Exception as exc:  # onnxruntime raises its own types; name the feature that failed
+            raise EngineError(f"could not create the session for batch bucket {bucket}: {exc}") from exc
+        binding = session.io_binding()
+        inputs = []
+        for spec in self._manifest.inputs:
+            value = ort.OrtValue.ortvalue_from_shape_and_type(
+                [bucket, *_row_shape(spec)], np.dtype(spec.dtype), self._device, 0
+            )
+            binding.bind_ortvalue_input(spec.name, value)
+            inputs.append(value)
+        out_spec = self._manifest.outputs[0]
+        output = ort.OrtValue.ortvalue_from_shape_and_type(
+            [bucket, *_row_shape(out_spec)], np.dtype(out_spec.dtype), self._device, 0
+        )
+        binding.bind_ortvalue_output(out_spec.name, output)
+        self._sessions[bucket] = _BucketSession(session, binding, inputs, output)
+        log.info(
+            "batch bucket session created",
+            extra={"bucket": bucket, "seconds": round(time.perf_counter() - started, 3)},
+        )
+
+    def run(self, sample: np.ndarray, timestep: np.ndarray, class_label: np.ndarray) -> np.ndarray:
+        if len(timestep) > self.buckets[-1] and not self._warned_oversize:
+            self._warned_oversize = True
+            log.info(
+                "calls above the largest batch bucket run without padding or a graph",
+                extra={"rows": len(timestep), "largest_bucket": self.buckets[-1]},
+            )
+        return run_bucketed(
+            self._run_bucket, self.buckets, sample, timestep, class_label, unbucketed=self._unbucketed
+        )
+
+    def _run_bucket(self, sample: np.ndarray, timestep: np.ndarray, class_label: np.ndarray) -> np.ndarray:
+        bucket = len(timestep)
+        self.prepare(bucket)
+        entry = self._sessions[bucket]
+        for value, array in zip(entry.inputs, (sample, timestep, class_label), strict=True):
+            value.update_inplace(np.ascontiguousarray(array))
+        # update_inplace copies outside onnxruntime's stream: wait for it before the replay.
+        entry.binding.synchronize_inputs()
+        entry.session.run_with_iobinding(entry.binding)
+        return np.asarray(entry.binding.copy_outputs_to_cpu()[0])
+
+
+def _row_shape(spec: TensorSpec) -> list[int]:
+    """A tensor's shape without its batch axis; bound buffers need every other axis fixed."""
+    rest = spec.shape[1:]
+    if not all(isinstance(d, int) for d in rest):
+        raise EngineError(f"{spec.name}: IOBinding needs fixed non-batch dimensions, got {spec.shape}")
+    return [int(d) for d in rest]
 
 
 _ORT_TYPES = {"float32": "float", "float16": "float16", "int64": "int64"}

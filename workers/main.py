@@ -12,7 +12,8 @@ from diffq.logs import setup_logging
 from diffq.store import RedisStore
 from model_store.store import ModelStore
 from workers.batching import tick_rows
-from workers.calibration import measure_curve
+from workers.buckets import default_buckets
+from workers.calibration import SIZES, measure_curve
 from workers.config import WorkerSettings
 from workers.engine import Engine, EngineOptions
 from workers.http import WorkerHealth, start_http
@@ -29,13 +30,22 @@ def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -
     engine = Engine(
         stored.verify(),
         stored.manifest,
-        EngineOptions(providers=settings.providers, intra_op_threads=settings.intra_op_threads),
+        EngineOptions(
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
+            io_binding=settings.io_binding,
+            cuda_graph=settings.cuda_graph,
+            # Unset max_batch_rows: buckets up to the largest size the calibration measures.
+            graph_buckets=default_buckets(settings.max_batch_rows or max(SIZES)),
+        ),
     )
     log.info(
         "model loaded",
         extra={
             "model": stored.manifest.ref,
             "providers": engine.providers,
+            "io_binding": engine.io_binding,
+            "cuda_graph": engine.cuda_graph,
             "seconds": round(engine.load_seconds, 3),
         },
     )
