@@ -41,6 +41,11 @@ unit: $(DEV_STAMP)
 chaos: $(DEV_STAMP)
 	$(PY) -m tests.chaos --minutes $${MINUTES:-2}
 
+## Measure the performance figures (engine, service, latency, overhead, gateway) into BENCHMARKS.md and
+## docs/bench/; QUICK=1 for a short run (under 2 minutes), ARGS=... for more options (python -m bench --help)
+bench: $(DEV_STAMP)
+	$(PY) -m bench $(if $(QUICK),--quick) $(ARGS)
+
 ## Train the reference model (about 20-30 minutes on 2 CPU cores), then export it
 train: $(DEV_STAMP)
 	$(PY) -m model_store.training.train --out var/train/checkpoint.pt

@@ -30,22 +30,40 @@ from typing import Any, ClassVar
 import redis
 from redis.exceptions import ResponseError
 
-from diffq.errors import Overloaded, TooManyJobs, Unavailable
+from diffq.errors import Overloaded, RateLimited, TooManyJobs, Unavailable
 from diffq.jobs import ANONYMOUS, PRIORITIES, Job, JobError, JobRequest, Priority, Status
 
 GROUP = "workers"
 
-# Admit and create a job in one atomic step: replay an earlier submission with the same
-# idempotency key; refuse when the owner holds its limit of unfinished jobs or the model's
-# queued work would pass its bound; else write the record, enqueue it, count its work and
-# its owner's in-flight job, and remember the idempotency key.
-# KEYS: job, stream, owner's in-flight set, model's work counter, idempotency key.
+# Admit and create a job in one atomic step (one round trip): replay an earlier submission
+# with the same idempotency key; take a token from the owner's bucket; refuse when the owner
+# holds its limit of unfinished jobs or the model's queued work would pass its bound; else
+# write the record, enqueue it, count its work and its owner's in-flight job, remember the
+# idempotency key, and answer with the new entry's queue position: the entries waiting in
+# its stream (the group's lag, which counts the new one) and in the streams of higher
+# priority. The bucket uses the server's clock, so gateways agree.
+# KEYS: job, stream, owner's in-flight set, model's work counter, idempotency key, owner's
+#       rate bucket, then the model's streams of higher priority.
 # ARGV: job id, ttl, work, now, max in flight, max work, use idempotency ('1'/''),
-#       fingerprint, then field/value pairs of the record.
+#       fingerprint, tokens per second (0: no limit), burst, group, then the record's
+#       field/value pairs.
 _SUBMIT = """
 if ARGV[7] == '1' then
   local seen = redis.call('GET', KEYS[5])
   if seen then return {'replay', seen} end
+end
+local rate, burst = tonumber(ARGV[9]), tonumber(ARGV[10])
+if rate > 0 then
+  local t = redis.call('TIME')
+  local clock = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  local b = redis.call('HMGET', KEYS[6], 'tokens', 'ts')
+  local tokens = math.min(burst, (tonumber(b[1]) or burst) + (clock - (tonumber(b[2]) or clock)) * rate)
+  local wait = nil
+  if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+  redis.call('HSET', KEYS[6], 'tokens', tostring(tokens), 'ts', tostring(clock))
+  redis.call('EXPIRE', KEYS[6], math.ceil(burst / rate) + 1)
+  -- as a string: Lua numbers would be truncated to integers in the reply
+  if wait then return {'rate_limited', tostring(wait)} end
 end
 local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
@@ -55,7 +73,7 @@ local queued = tonumber(redis.call('GET', KEYS[4]) or '0')
 if tonumber(ARGV[6]) > 0 and queued + tonumber(ARGV[3]) > tonumber(ARGV[6]) then
   return {'overloaded', tostring(queued)}
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], unpack(ARGV, 12))
 local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1], 'work', ARGV[3])
 redis.call('HSET', KEYS[1], 'entry', entry)
 redis.call('EXPIRE', KEYS[1], ttl)
@@ -63,7 +81,21 @@ redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('INCRBY', KEYS[4], ARGV[3])
 if ARGV[7] == '1' then redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[8], 'EX', ttl) end
-return {'ok', entry}
+local function waiting(stream)
+  if redis.call('EXISTS', stream) == 0 then return 0 end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    if f['name'] == ARGV[11] then
+      if f['lag'] then return f['lag'] end
+      return #redis.call('XRANGE', stream, '(' .. f['last-delivered-id'], '+', 'COUNT', 10000)
+    end
+  end
+  return redis.call('XLEN', stream)
+end
+local position = waiting(KEYS[2])
+for i = 7, #KEYS do position = position + waiting(KEYS[i]) end
+return {'ok', entry, tostring(position)}
 """
 
 # Compare-and-set the status; extra ARGV pairs are fields to set, '' values are deleted.
@@ -125,20 +157,24 @@ if #mine > 0 then redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(mine
 return gone
 """
 
-# A token bucket per owner: ARGV[1] tokens per second, ARGV[2] burst. Returns '0' when a
-# token was taken, else the seconds until one is back (as a string: Lua numbers would be
-# truncated to integers in the reply). Uses the server's clock, so gateways agree.
-_TAKE_TOKEN = """
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = math.min(burst, (tonumber(b[1]) or burst) + (now - (tonumber(b[2]) or now)) * rate)
-local wait = '0'
-if tokens >= 1 then tokens = tokens - 1 else wait = tostring((1 - tokens) / rate) end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
-return wait
+# An entry's 1-based position among the entries of KEYS[1] not yet delivered to group
+# ARGV[1], counted in the server (nothing but the number crosses the network); 0 once
+# delivered. Counts at most ARGV[3] entries.
+_POSITION = """
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == ARGV[1] then last = f['last-delivered-id'] end
+end
+local function key(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local ems, eseq = key(ARGV[2])
+local lms, lseq = key(last)
+if ems < lms or (ems == lms and eseq <= lseq) then return 0 end
+return #redis.call('XRANGE', KEYS[1], '(' .. last, ARGV[2], 'COUNT', ARGV[3])
 """
 
 # What waits in a model's stream for a worker: entries after the group's last delivered id
@@ -207,6 +243,8 @@ class Limits:
 
     max_in_flight_per_owner: int = 0
     max_queued_evaluations: int = 0
+    rate_per_second: float = 0.0  # submissions per owner; 0: no limit
+    burst: int = 1
 
 
 @dataclass(frozen=True)
@@ -214,6 +252,7 @@ class Submitted:
     """A new job's stream entry, or the earlier job an idempotency key already created."""
 
     entry_id: str | None = None
+    position: int | None = None  # the new entry's queue position
     replay_of: str | None = None
     same_request: bool = True  # for a replay: was the request the same as the first time?
 
@@ -235,9 +274,9 @@ class RedisStore:
         self._transition = self._r.register_script(_TRANSITION)
         self._set_if_exists = self._r.register_script(_SET_IF_EXISTS)
         self._queue_stats = self._r.register_script(_QUEUE_STATS)
-        self._take_token = self._r.register_script(_TAKE_TOKEN)
         self._claim_next = self._r.register_script(_CLAIM_NEXT)
         self._renew = self._r.register_script(_RENEW)
+        self._position = self._r.register_script(_POSITION)
 
     # keys -------------------------------------------------------------------------------
     def _job(self, job_id: str) -> str:
@@ -290,7 +329,7 @@ class RedisStore:
     ) -> Submitted:
         """Admit, persist and enqueue a new queued job, all or nothing.
 
-        Raises ``TooManyJobs`` or ``Overloaded`` past ``limits``. With an idempotency key
+        Raises ``RateLimited``, ``TooManyJobs`` or ``Overloaded`` past ``limits``. With an idempotency key
         that this owner used before (within the TTL), nothing is written and the earlier job
         is returned instead; ``fingerprint`` tells whether the request was the same.
         """
@@ -300,6 +339,8 @@ class RedisStore:
             self._inflight(job.owner),
             self._work(job.request.model),
             self._idem(job.owner, idempotency_key or ""),
+            self._rate(job.owner),
+            *(self._queue(job.request.model, p) for p in _higher(job.request.priority)),
         ]
         args: list[Any] = [
             job.id,
@@ -310,14 +351,19 @@ class RedisStore:
             limits.max_queued_evaluations,
             "1" if idempotency_key is not None else "",
             fingerprint,
+            limits.rate_per_second,
+            limits.burst,
+            GROUP,
         ]
         for k, v in _encode(job).items():
             args += [k, v]
         with _unavailable():
-            outcome, value = (_s(x) for x in self._submit(keys=keys, args=args))
+            outcome, value, *rest = (_s(x) for x in self._submit(keys=keys, args=args))
         if outcome == "replay":
             job_id, _, first_fingerprint = value.partition(" ")
             return Submitted(replay_of=job_id, same_request=first_fingerprint == fingerprint)
+        if outcome == "rate_limited":
+            raise RateLimited("too many submissions from this key; slow down", retry_after=float(value))
         if outcome == "too_many_jobs":
             raise TooManyJobs(
                 f"this key has {value} unfinished jobs, its limit; wait for some to finish",
@@ -328,12 +374,7 @@ class RedisStore:
                 f"the queue of {job.request.model} is full ({value} denoiser evaluations wait); retry later",
                 retry_after=5,
             )
-        return Submitted(entry_id=value)
-
-    def take_token(self, owner: str, rate: float, burst: int) -> float:
-        """Take one submission token from the owner's bucket: 0, or seconds until one is back."""
-        with _unavailable():
-            return float(_s(self._take_token(keys=[self._rate(owner)], args=[rate, burst])))
+        return Submitted(entry_id=value, position=int(rest[0]))
 
     def queued_work(self, model: str) -> int:
         """The admission counter: denoiser evaluations of the model's queued jobs."""
@@ -535,14 +576,11 @@ class RedisStore:
     ) -> int | None:
         """1-based position among entries not yet handed to a worker, counting the waiting
         jobs of higher priorities first; None once handed out."""
-        stream = self._queue(model, priority)
         with _unavailable():
-            groups = self._r.xinfo_groups(stream)
-            last = next((_s(g["last-delivered-id"]) for g in groups if _s(g["name"]) == GROUP), "0-0")
-            if _entry_key(entry_id) <= _entry_key(last):
-                return None
-            own = len(self._r.xrange(stream, f"({last}", entry_id, count=limit))
-        ahead = sum(self._stream_stats(model, p, limit)[0] for p in PRIORITIES[: PRIORITIES.index(priority)])
+            own = int(self._position(keys=[self._queue(model, priority)], args=[GROUP, entry_id, limit]))
+        if own == 0:
+            return None
+        ahead = sum(self._stream_stats(model, p, limit)[0] for p in _higher(priority))
         return own + ahead
 
     def queue_depth(self, model: str) -> int:
@@ -624,6 +662,10 @@ def _claimed(entry_id: Any, fields: dict[bytes, bytes], priority: Priority) -> C
     return Claimed(_s(entry_id), _s(fields[b"job"]), int(fields.get(b"work", 0)), priority)
 
 
+def _higher(priority: Priority) -> tuple[Priority, ...]:
+    return PRIORITIES[: PRIORITIES.index(priority)]
+
+
 def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
     """A Lua reply's flat [field, value, ...] list as the dict redis-py gives for entries."""
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
@@ -631,11 +673,6 @@ def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _entry_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _encode(job: Job) -> dict[str, str]:

@@ -23,7 +23,6 @@ from diffq.errors import (
     IdempotencyConflict,
     NotFound,
     PayloadTooLarge,
-    RateLimited,
     ServiceError,
     Unauthorized,
 )
@@ -63,7 +62,12 @@ class State:
         self.store = store
         self.models = models
         self.keys = settings.keys
-        self.limits = Limits(settings.max_jobs_in_flight_per_key, settings.max_queued_evaluations)
+        self.limits = Limits(
+            settings.max_jobs_in_flight_per_key,
+            settings.max_queued_evaluations,
+            settings.rate_limit_per_second,
+            settings.rate_limit_burst,
+        )
         self.metrics = GatewayMetrics()
         self.metrics.watch_queue(store, list(models), settings.worker_liveness_seconds)
         self.default_model = settings.default_model or next(iter(models))
@@ -165,10 +169,6 @@ def _add_routes(app: FastAPI) -> None:
     ) -> JobView:
         """Queue a generation job. Answers at once with the job and its Location."""
         settings = state.settings
-        if settings.rate_limit_per_second > 0:
-            wait = state.store.take_token(owner, settings.rate_limit_per_second, settings.rate_limit_burst)
-            if wait > 0:
-                raise RateLimited("too many submissions from this key; slow down", retry_after=wait)
         req = resolve(body, state.models, state.default_model)
         job = Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time(), owner=owner)
         fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
@@ -183,8 +183,10 @@ def _add_routes(app: FastAPI) -> None:
             state.metrics.submitted.labels(req.model).inc()
             log.info("job state", extra={"job_id": job.id, "status": "queued", "model": req.model})
         response.headers["Location"] = f"/v1/jobs/{job.id}"
-        job = _wait_then_load(state, job, owner, prefer, response)
-        return job_view(job, position=_position(state, job), base=settings.public_base_url)
+        waited = _wait_then_load(state, job, owner, prefer, response)
+        # A new job's position came back with the submission: no second round trip.
+        position = submitted.position if waited is job else _position(state, waited)
+        return job_view(waited, position=position, base=settings.public_base_url)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
     def get_job(

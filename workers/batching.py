@@ -42,7 +42,7 @@ def keep_gathering(policy: BatchPolicy, now: float, gather_started: float, rows:
     return rows < policy.max_rows and now - gather_started < policy.max_wait_s
 
 
-def tick_rows(curve: Mapping[int, float], fraction: float = 0.9) -> int:
+def tick_rows(curve: Mapping[int, float], fraction: float = 0.95) -> int:
     """The rows per denoiser call to aim for, from a measured throughput curve.
 
     ``curve`` maps batch size (rows) to throughput (rows per second). Past the knee, bigger

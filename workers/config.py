@@ -41,6 +41,11 @@ class WorkerSettings(CommonSettings):
         description="A claimed job not renewed for this long is reclaimed by others.",
     )
     intra_op_threads: int = Field(default=0, ge=0, le=256, description="onnxruntime threads; 0 = all cores.")
+    ort_spinning: bool = Field(
+        default=False,
+        description="Let onnxruntime's threads spin between calls: a few percent faster on cores "
+        "the worker has alone, slower for everything else on a shared host.",
+    )
     providers: tuple[str, ...] | None = Field(
         default=None, description="onnxruntime providers; default: auto."
     )

@@ -89,6 +89,9 @@ class EngineOptions:
     providers: tuple[str, ...] | None = None  # None: choose automatically
     intra_op_threads: int = 0  # 0: onnxruntime's default (all cores)
     inter_op_threads: int = 1
+    # onnxruntime's threads spin after each call by default, burning the cores Redis, the
+    # gateway or the next numpy step need; off unless the host is the worker's alone.
+    spinning: bool = False
     io_binding: bool | None = None  # None: on when the session runs on CUDA, off otherwise
     cuda_graph: bool = False  # CUDA only; ignored with a warning elsewhere (use_cuda_graph)
     graph_buckets: tuple[int, ...] = default_buckets(256)  # batch sizes that get a graph each
@@ -142,6 +145,7 @@ class Engine:
         so.intra_op_num_threads = self._options.intra_op_threads
         so.inter_op_num_threads = self._options.inter_op_threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._options.spinning else "0")
         return ort.InferenceSession(str(self._model_path), sess_options=so, providers=list(providers))
 
     def _check_io(self, manifest: Manifest) -> None:

@@ -33,6 +33,7 @@ def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -
         EngineOptions(
             providers=settings.providers,
             intra_op_threads=settings.intra_op_threads,
+            spinning=settings.ort_spinning,
             io_binding=settings.io_binding,
             cuda_graph=settings.cuda_graph,
             # Unset max_batch_rows: buckets up to the largest size the calibration measures.

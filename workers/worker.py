@@ -38,6 +38,7 @@ log = logging.getLogger("diffq.worker")
 # a restart, gentle on a server that is coming back up.
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
+GATHER_POLL_SECONDS = 0.001  # how often an idle worker looks for more jobs while it gathers
 
 
 def outage_backoff(failures: int) -> float:
@@ -250,9 +251,14 @@ class Worker:
                 return
             self.waiting += got
             started = time.monotonic()
+            # Poll rather than block: Redis ends a blocking read that times out only on its
+            # own clock tick (100 ms at the default hz 10), far past a 10 ms window.
             while keep_gathering(self.policy, time.monotonic(), started, self._held_rows()):
-                left_ms = max(1, int((self.policy.max_wait_s - (time.monotonic() - started)) * 1000))
-                self.waiting += self._claim(left_ms)
+                more = self._claim(None)
+                if more:
+                    self.waiting += more
+                else:
+                    time.sleep(GATHER_POLL_SECONDS)
         while free_rows(self.policy, self._held_rows()) > 0:
             more = self._claim(None)
             if not more:

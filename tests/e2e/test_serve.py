@@ -73,7 +73,7 @@ def test_serve_runs_the_stack_and_stops_on_sigint(tmp_path: Path) -> None:
             assert "diffq_jobs_submitted_total" in client.get("/metrics").text
         for n in range(2):  # each worker serves its own probes and metrics
             url = f"http://127.0.0.1:{worker_port + n}"
-            assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+            assert wait_for_http(f"{url}/readyz", timeout=60), f"worker-{n} not ready"
             assert "diffq_denoiser_call_duration_seconds" in httpx.get(f"{url}/metrics", timeout=5).text
 
         pids = [pid for pid, _ in children_of(proc.pid)]

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from diffq.errors import Overloaded, TooManyJobs
-from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
+from diffq.errors import Overloaded, RateLimited, TooManyJobs
+from diffq.jobs import Job, JobRequest, Priority, Status, new_job_id, transition
 from diffq.store import Limits, RedisStore
 
 MODEL = "m"
@@ -88,12 +88,32 @@ def test_idempotent_submission_under_concurrent_duplicates(store: RedisStore) ->
 
 
 def test_token_bucket_allows_a_burst_then_says_when(store: RedisStore) -> None:
-    waits = [store.take_token("carol", rate=2.0, burst=3) for _ in range(4)]
-    assert waits[:3] == [0.0, 0.0, 0.0]
-    assert 0 < waits[3] <= 0.5  # one token per 0.5 s
-    time.sleep(waits[3] + 0.05)
-    assert store.take_token("carol", rate=2.0, burst=3) == 0.0
-    assert store.take_token("dave", rate=2.0, burst=3) == 0.0  # per owner
+    limits = Limits(rate_per_second=2.0, burst=3)
+    for _ in range(3):
+        store.submit(new_job(owner="carol"), limits)
+    with pytest.raises(RateLimited) as err:
+        store.submit(new_job(owner="carol"), limits)
+    wait = err.value.retry_after
+    assert wait is not None and 0 < wait <= 0.5  # one token per 0.5 s
+    time.sleep(wait + 0.05)
+    store.submit(new_job(owner="carol"), limits)
+    store.submit(new_job(owner="dave"), limits)  # per owner
+    assert store.in_flight("carol") == 4
+
+
+def test_a_new_job_learns_its_queue_position(store: RedisStore) -> None:
+    first = store.submit(new_job())
+    second = store.submit(new_job())
+    assert (first.position, second.position) == (1, 2)
+    high = new_job()
+    high = replace(high, request=replace(high.request, priority=Priority.HIGH))
+    assert store.submit(high).position == 1  # ahead of the normal ones
+    low = new_job()
+    low = replace(low, request=replace(low.request, priority=Priority.LOW))
+    assert store.submit(low).position == 4
+    store.claim(MODEL, "w", 1, None)  # the high one
+    store.claim(MODEL, "w", 1, None)  # then the first normal one
+    assert store.submit(new_job()).position == 2
 
 
 def test_owner_survives_the_round_trip(store: RedisStore) -> None:

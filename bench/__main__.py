@@ -1,0 +1,128 @@
+"""``python -m bench [--quick] [--out BENCHMARKS.md]``: run every benchmark, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from bench.client import Api
+from bench.engine import FULL_SIZES, QUICK_SIZES, load_engine, measure_curve
+from bench.gateway import measure_gateway
+from bench.latency import measure_latency
+from bench.machine import CpuSample, cpu_sample, describe, outside_share
+from bench.overhead import measure_overhead
+from bench.report import Results, Step, write_report
+from bench.service import measure_service
+from bench.stack import BenchStack, batching_modes
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="fewer sizes, jobs and seconds (under 2 minutes)")
+    p.add_argument(
+        "--out", type=Path, default=Path("BENCHMARKS.md"), help="the report (default BENCHMARKS.md)"
+    )
+    p.add_argument("--plots", type=Path, default=Path("docs/bench"), help="where the PNGs go")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="onnxruntime threads")
+    p.add_argument(
+        "--max-batch-rows",
+        type=int,
+        default=None,
+        help="the worker's rows per call (default: the knee of the engine curve measured first; "
+        "0: the worker measures its own at start-up)",
+    )
+    p.add_argument("--gateway-processes", type=int, default=1, help="uvicorn processes of both servers")
+    p.add_argument("--concurrency", type=int, default=16, help="connections in the gateway benchmark")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quick = args.quick
+    results = Results(
+        command=" ".join(["python -m bench", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
+        quick=quick,
+        machine=describe(),
+    )
+    began = time.monotonic()
+    current: list[tuple[str, CpuSample]] = []
+
+    def step(name: str | None) -> None:
+        """Close the step under way (its time and outside load), then start ``name``."""
+        now = cpu_sample()
+        if current:
+            was, since = current.pop()
+            results.steps.append(Step(was, now.at - since.at, outside_share(since, now)))
+        if name is not None:
+            log(f"{name} ({time.monotonic() - began:.0f}s in)")
+            current.append((name, now))
+
+    engine = load_engine(args.threads)
+    step("engine curve")
+    results.engine = measure_curve(
+        engine,
+        args.threads,
+        QUICK_SIZES if quick else FULL_SIZES,
+        seconds_per_size=0.25 if quick else 1.0,
+        rounds=2 if quick else 3,
+    )
+    if args.max_batch_rows is None:
+        rows, source = results.engine.knee, "the knee of the engine curve"
+    elif args.max_batch_rows == 0:
+        rows, source = None, "measured by the worker at start-up"
+    else:
+        rows, source = args.max_batch_rows, "--max-batch-rows"
+    stack = BenchStack(args.threads, rows, args.gateway_processes)
+    api: Api | None = None
+    try:
+        step("starting the stack")
+        stack.start_gateway()
+        stack.start_worker("continuous")
+        api = Api(stack.base_url)
+        results.worker = {
+            "max_batch_rows": stack.tick_rows,
+            "max_batch_rows_from": source,
+            "max_wait_ms": stack.max_wait_ms,
+            "intra_op_threads": args.threads,
+            "gateway_processes": args.gateway_processes,
+        }
+        step("unloaded overhead")
+        results.overhead = measure_overhead(stack, engine, repetitions=5 if quick else 20)
+        step("service efficiency")
+        results.service = measure_service(stack, api, engine, min_images=64 if quick else 384)
+        step("latency under load")
+        results.latency = measure_latency(
+            stack,
+            api,
+            batching_modes(),
+            capacity_jobs=24 if quick else 150,
+            capacity_batches=3 if quick else 8,
+            jobs_per_load=12 if quick else 200,
+            seed=args.seed,
+        )
+        step("gateway throughput")
+        results.gateway = measure_gateway(
+            stack, args.concurrency, seconds=2 if quick else 8, rounds=1 if quick else 2
+        )
+    finally:
+        if api is not None:
+            api.close()
+        stack.close()
+    step(None)
+    results.seconds = time.monotonic() - began
+    write_report(results, args.out, args.plots)
+    log(f"wrote {args.out} and {args.plots}/ in {results.seconds:.0f}s")
+    return 0
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""The benchmark report: ``BENCHMARKS.md``, its plots and the raw figures as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+from bench.engine import EngineCurve
+from bench.gateway import GatewayThroughput
+from bench.inprocess import QUIET_SECONDS
+from bench.latency import LOADS, LatencyUnderLoad
+from bench.overhead import Overhead
+from bench.service import EngineTime, ServiceEfficiency
+from bench.stats import format_ratio, verdict
+
+TARGETS = {"service": 0.95, "p99": 0.6, "capacity": 1.0, "overhead_ms": 10.0, "gateway": 0.7}
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    seconds: float
+    outside_share: float  # of the machine's CPU time, used by processes not ours meanwhile
+
+
+@dataclass
+class Results:
+    command: str
+    quick: bool
+    machine: dict[str, str]
+    date: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    seconds: float = 0.0
+    steps: list[Step] = field(default_factory=list)
+    worker: dict[str, Any] = field(default_factory=dict)
+    engine: EngineCurve | None = None
+    service: ServiceEfficiency | None = None
+    latency: LatencyUnderLoad | None = None
+    overhead: Overhead | None = None
+    gateway: GatewayThroughput | None = None
+
+
+def write_report(results: Results, out: Path, plots: Path) -> None:
+    plots.mkdir(parents=True, exist_ok=True)
+    images = {}
+    if results.engine:
+        images["engine"] = plot_engine(results.engine, plots / "engine_curve.png")
+    if results.latency:
+        images["latency"] = plot_latency(results.latency, plots / "latency_vs_load.png")
+    rel = {k: os.path.relpath(v, out.resolve().parent) for k, v in images.items()}
+    out.write_text(render(results, rel))
+    (plots / "results.json").write_text(json.dumps(_plain(results), indent=2) + "\n")
+
+
+# ---- markdown ---------------------------------------------------------------------------
+def render(r: Results, images: dict[str, str]) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured on {r.date} by `{r.command}` in {r.seconds:.0f} s "
+        f"({'quick' if r.quick else 'full'} mode). "
+        "Every figure is a ratio of two things measured side by side in this one run on this one "
+        "machine; they move with the machine, so compare runs on the same hardware only.",
+        "",
+    ]
+    if r.quick:
+        lines += [
+            "> Quick mode: few samples per figure (a p99 over "
+            f"{r.latency.jobs_per_load if r.latency else 'a few'} jobs is close to their maximum). "
+            "Use it to check that the benchmarks run, not to judge the figures.",
+            "",
+        ]
+    lines += _summary(r) + _machine(r) + _engine(r, images) + _service(r) + _latency(r, images)
+    lines += _overhead(r) + _gateway(r) + _reproduce()
+    return "\n".join(lines)
+
+
+def _summary(r: Results) -> list[str]:
+    rows = []
+    if r.engine:
+        size, best = r.engine.best
+        rows.append(
+            (
+                "1. engine knee",
+                f"{r.engine.knee} rows (95% of the best, {best:.0f} rows/s at {size})",
+                "-",
+                "-",
+            )
+        )
+    if r.service:
+        e = r.service.efficiency
+        rows.append(
+            ("2. service / in-process images per second", f"{e:.2f}x", ">= 0.95x", _v(e, "service", True))
+        )
+    if r.latency:
+        p, c = r.latency.p99_ratio(0.8), r.latency.capacity_ratio()
+        rows.append(("3. p99 at 80% load, continuous / request", _x(p), "<= 0.60x", _v(p, "p99", False)))
+        rows.append(("3. capacity, continuous / request", _x(c), ">= 1.00x", _v(c, "capacity", True)))
+    if r.overhead:
+        o = r.overhead.overhead_ms
+        rows.append(("4. unloaded overhead per job", f"{o:.1f} ms", "< 10 ms", _v(o, "overhead_ms", False)))
+    if r.gateway:
+        g = r.gateway.efficiency
+        rows.append(
+            ("5. gateway / bare submissions per second", f"{g:.2f}x", ">= 0.70x", _v(g, "gateway", True))
+        )
+    out = ["## Summary", "", "| figure | measured | target | |", "|---|---|---|---|"]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return [*out, ""]
+
+
+def _machine(r: Results) -> list[str]:
+    out = ["## Machine", "", "| | |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in r.machine.items()]
+    w = r.worker
+    if w:
+        out.append(
+            f"| stack | 1 gateway ({w['gateway_processes']} uvicorn process), 1 worker: "
+            f"{w['max_batch_rows']} rows per call ({w['max_batch_rows_from']}), "
+            f"{w['max_wait_ms']} ms gathering, "
+            f"{w['intra_op_threads']} onnxruntime threads; embedded Valkey with `appendfsync always` |"
+        )
+    out += [
+        "",
+        "The machine was shared while this ran. Share of its CPU time that other processes used "
+        "during each step (a busy step slows whichever side of a ratio it lands on):",
+        "",
+        "| step | seconds | CPU used by others |",
+        "|---|---:|---:|",
+    ]
+    out += [f"| {s.name} | {s.seconds:.0f} | {s.outside_share:.0%} |" for s in r.steps]
+    out.append("")
+    return out
+
+
+def _engine(r: Results, images: dict[str, str]) -> list[str]:
+    e = r.engine
+    if e is None:
+        return []
+    out = [
+        "## 1. Engine curve",
+        "",
+        f"Denoiser rows per second against rows per call: raw onnxruntime through `workers.engine.Engine` "
+        f"({', '.join(e.providers)}, {e.threads} intra-op threads), random inputs, best of the rounds. "
+        f"The knee, the smallest batch reaching 95% of the best throughput, is **{e.knee} rows**; "
+        f"the worker's own start-up rule (`workers.batching.tick_rows`, 90% of the best) would "
+        f"take {e.tick_rows_rule} rows from this curve.",
+        "",
+        "| rows per call | rows/s | ms per call |",
+        "|---:|---:|---:|",
+    ]
+    out += [
+        f"| {s} | {e.rows_per_second[s]:.0f} | {e.ms_per_call[s]:.1f} |" for s in sorted(e.rows_per_second)
+    ]
+    if "engine" in images:
+        out += ["", f"![engine curve]({images['engine']})"]
+    return [*out, ""]
+
+
+def _service(r: Results) -> list[str]:
+    s = r.service
+    if s is None:
+        return []
+    return [
+        "## 2. Service efficiency",
+        "",
+        f"{s.images} one-image jobs ({s.sampler}, {s.steps} steps, guidance {s.guidance_scale}: two rows "
+        f"per image), submitted over HTTP by 4 client threads as fast as they go, one worker with "
+        f"{s.max_batch_rows} rows per call; timed from the first submit (client clock) to the last "
+        "`finished_at` (worker clock, same host). The in-process side runs the same jobs through "
+        "`sampling.denoise` (`start_row`, `denoise_step`, `to_uint8`, PNG encoding with the worker's "
+        "encoder) with the same rows per call and engine threads, jobs joining between steps as in "
+        "the worker; it leaves out HTTP, Redis and every status and progress write.",
+        "",
+        "| | seconds | images/s | in denoiser calls | calls | rows per call |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| service | {s.service_seconds:.2f} | {s.service_images_per_second:.1f} | "
+        + _engine_time(s.service_engine, s.service_seconds),
+        f"| in-process | {s.inprocess_seconds:.2f} | {s.inprocess_images_per_second:.1f} | "
+        + _engine_time(s.inprocess_engine, s.inprocess_seconds),
+        "",
+        "Denoiser time, calls and rows are the engine's own counts (the worker's from its "
+        "`/metrics`); the rest of the wall time is everything around the calls.",
+        "",
+        f"Efficiency: **{format_ratio(s.efficiency, TARGETS['service'])}**"
+        + (f"; {s.failed} jobs did not succeed." if s.failed else "."),
+        "",
+    ]
+
+
+def _latency(r: Results, images: dict[str, str]) -> list[str]:
+    lat = r.latency
+    if lat is None:
+        return []
+    out = [
+        "## 3. Latency under load",
+        "",
+        "One-image jobs, samplers drawn from dpmpp_2m, ddim, euler_ancestral and ddpm, steps uniform "
+        "in 4..50, guidance 1.5. Capacity: a burst of "
+        f"{lat.capacity_jobs} such jobs per batching mode (`DIFFQ_BATCHING`, a fresh worker each), first "
+        f"submit to last success. The loads are fractions of the smaller capacity, "
+        f"**{lat.reference_capacity:.2f} jobs/s**, offered open-loop as Poisson arrivals "
+        f"({lat.jobs_per_load} jobs per load, the same jobs and arrival times for both modes). "
+        "Latency is each job's `timings.total_ms`: accepted by the gateway to succeeded.",
+        "",
+        "| mode | capacity jobs/s | denoiser rows/s |",
+        "|---|---:|---:|",
+    ]
+    for m in lat.modes.values():
+        out.append(
+            f"| {m.mode} | {m.capacity_jobs_per_second:.2f} | {m.capacity_evaluations_per_second:.0f} |"
+        )
+    out += [
+        "",
+        "| mode | load | offered jobs/s | of own capacity | p50 ms | p95 ms | p99 ms | not succeeded "
+        "| worst submit lag ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in lat.modes.values():
+        for p in m.points:
+            own = (
+                p.offered_per_second / m.capacity_jobs_per_second if m.capacity_jobs_per_second else math.nan
+            )
+            out.append(
+                f"| {m.mode} | {p.load:.0%} | {p.offered_per_second:.2f} | {own:.0%} | {p.p50_ms:.0f} | "
+                f"{p.p95_ms:.0f} | {p.p99_ms:.0f} | {p.failed} | {p.max_submit_lag_ms:.1f} |"
+            )
+    out += [
+        "",
+        "p99 at 80% load, continuous / request: "
+        f"**{format_ratio(lat.p99_ratio(0.8), TARGETS['p99'], False)}**; "
+        f"capacity, continuous / request: **{format_ratio(lat.capacity_ratio(), TARGETS['capacity'])}**.",
+    ]
+    if lat.missing:
+        out += ["", f"Not measured: {lat.missing}."]
+    if "latency" in images:
+        out += ["", f"![latency against load]({images['latency']})"]
+    return [*out, ""]
+
+
+def _overhead(r: Results) -> list[str]:
+    o = r.overhead
+    if o is None:
+        return []
+    waiting = (
+        "`GET /v1/jobs/{id}` with `Prefer: wait` (the gateway answers when the job ends)"
+        if o.prefer_wait
+        else "polling `GET /v1/jobs/{id}` every 2 ms (the gateway has no `Prefer: wait`)"
+    )
+    j = o.job
+    return [
+        "## 4. Unloaded overhead",
+        "",
+        f"One job ({j.sampler}, {j.steps} steps, guidance {j.guidance_scale}, one image) on an idle stack, "
+        f"{o.repetitions} times after two warm-ups. End to end: client clock from before the `POST` to the "
+        f"answer saying `succeeded`, waiting with {waiting}. In-process: the same request through "
+        f"`bench.inprocess` (PNG included), right after each; each side after a {QUIET_SECONDS} s "
+        "pause, as onnxruntime's threads spin on after a call. Overhead: median of the paired "
+        "differences.",
+        "",
+        "| | median ms |",
+        "|---|---:|",
+        f"| end to end | {o.end_to_end_ms:.1f} |",
+        f"| in-process | {o.inprocess_ms:.1f} |",
+        f"| overhead | **{o.overhead_ms:.1f}** "
+        f"({verdict(o.overhead_ms, TARGETS['overhead_ms'], False)}: < 10 ms) |",
+        f"| job's `queue_ms` (accepted to started; includes the worker's {o.max_wait_ms} ms gathering) "
+        f"| {o.queue_ms:.1f} |",
+        f"| job's `run_ms` (started to succeeded) | {o.run_ms:.1f} |",
+        "",
+    ]
+
+
+def _gateway(r: Results) -> list[str]:
+    g = r.gateway
+    if g is None:
+        return []
+    out = [
+        "## 5. Gateway submissions",
+        "",
+        f"`POST /v1/jobs` answered with 202 per second, {g.concurrency} keep-alive connections in closed "
+        f"loop, {g.processes} uvicorn process(es) each, no worker consuming, {g.rounds} round(s) "
+        f"alternating, {g.gateway.seconds / g.rounds:.0f} s each. The gateway (auth off, limits out of "
+        "the way, logs at INFO) against a bare FastAPI route doing one `XADD` on the same Valkey.",
+        "",
+        "| server | accepted/s | first third | last third | other answers |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, t in (("gateway", g.gateway), ("bare endpoint", g.bare)):
+        out.append(
+            f"| {name} | {t.per_second:.0f} | {t.first_third_per_second:.0f} | "
+            f"{t.last_third_per_second:.0f} | {t.rejected} |"
+        )
+    out += [
+        "",
+        f"Ratio: **{format_ratio(g.efficiency, TARGETS['gateway'])}**. {g.queued_after} jobs were left "
+        "queued by the gateway's rounds.",
+    ]
+    t = g.gateway
+    if t.last_third_per_second < 0.8 * t.first_third_per_second:
+        out[-1] += (
+            " Its rate fell as that backlog grew (first against last third of each round): the "
+            "queue position it reports for each new job costs more the more jobs wait."
+        )
+    return [*out, ""]
+
+
+def _reproduce() -> list[str]:
+    return [
+        "## Reproducing",
+        "",
+        "`make bench` (several minutes; all figures with more samples) or `make bench QUICK=1` "
+        "(under 2 minutes; a smoke run); `ARGS=...` passes options "
+        "(`python -m bench --help`). Raw figures: `docs/bench/results.json`. Run it on an otherwise "
+        "idle machine for figures worth comparing.",
+        "",
+    ]
+
+
+def _engine_time(t: EngineTime | None, wall: float) -> str:
+    if t is None or not t.calls:
+        return "n/a | n/a | n/a |"
+    return f"{t.seconds:.2f} s ({t.seconds / wall:.0%}) | {t.calls} | {t.rows / t.calls:.1f} |"
+
+
+def _v(value: float, target: str, higher_is_better: bool) -> str:
+    return verdict(value, TARGETS[target], higher_is_better)
+
+
+def _x(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}x"
+
+
+# ---- plots ------------------------------------------------------------------------------
+def plot_engine(e: EngineCurve, path: Path) -> Path:
+    sizes = sorted(e.rows_per_second)
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.plot(sizes, [e.rows_per_second[s] for s in sizes], "o-", label="rows/s")
+    _, best = e.best
+    ax.axhline(0.95 * best, color="grey", linestyle=":", label="95% of best")
+    ax.axvline(e.knee, color="tab:red", linestyle="--", label=f"knee: {e.knee} rows")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(size) for size in sizes])
+    ax.set_xlabel("rows per denoiser call")
+    ax.set_ylabel("rows per second")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Denoiser throughput ({e.threads} threads)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_latency(lat: LatencyUnderLoad, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    colors = {"continuous": "tab:blue", "request": "tab:orange"}
+    for m in lat.modes.values():
+        loads = [p.load * 100 for p in m.points]
+        for attr, style in (("p50_ms", ":"), ("p95_ms", "--"), ("p99_ms", "-")):
+            ax.plot(
+                loads,
+                [getattr(p, attr) for p in m.points],
+                style,
+                marker="o",
+                color=colors.get(m.mode),
+                label=f"{m.mode} {attr.split('_')[0]}",
+            )
+    ax.set_xticks([load * 100 for load in LOADS])
+    ax.set_xlabel(f"offered load, % of {lat.reference_capacity:.2f} jobs/s")
+    ax.set_ylabel("latency, ms (accepted to succeeded)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Latency against load: p50 dotted, p95 dashed, p99 solid")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ---- helpers ----------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    """Results as JSON-ready values (dataclasses to dicts, NaN to null)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
