@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-batch-rows",
         type=int,
         default=None,
-        help="the worker's rows per call (default: the knee of the engine curve measured first; "
+        help="the worker's rows per call (default: the worker's tick rule on the engine curve "
+        "measured first; "
         "0: the worker measures its own at start-up)",
     )
     p.add_argument("--gateway-processes", type=int, default=1, help="uvicorn processes of both servers")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds=2 if quick else 3,
     )
     if args.max_batch_rows is None:
-        rows, source = results.engine.knee, "the knee of the engine curve"
+        rows, source = results.engine.tick_rows_rule, "the worker's rule on the engine curve"
     elif args.max_batch_rows == 0:
         rows, source = None, "measured by the worker at start-up"
     else:

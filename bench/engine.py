@@ -25,7 +25,7 @@ class EngineCurve:
     rows_per_second: dict[int, float]  # batch size -> best of the rounds
     ms_per_call: dict[int, float]
     knee: int  # smallest batch reaching 95% of the best throughput
-    tick_rows_rule: int  # what the worker's own rule (90% of the best) takes from this curve
+    tick_rows_rule: int  # what the worker's own rule (workers.batching.tick_rows) takes from this curve
 
     @property
     def best(self) -> tuple[int, float]:

@@ -218,6 +218,20 @@ return #KEYS
 """
 
 
+# Each running job's step (KEYS[i] gets ARGV[i], on records that still exist), and the
+# 1-based indices of those whose cancel was requested.
+_SET_PROGRESS = """
+local cancelled = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 'step', ARGV[i])
+    if redis.call('HGET', key, 'cancel') == '1' then table.insert(cancelled, i) end
+  end
+end
+return cancelled
+"""
+
+
 @dataclass(frozen=True)
 class QueueStats:
     """A model's backlog: jobs not yet handed to a worker and their denoiser work."""
@@ -273,6 +287,7 @@ class RedisStore:
         self._submit = self._r.register_script(_SUBMIT)
         self._transition = self._r.register_script(_TRANSITION)
         self._set_if_exists = self._r.register_script(_SET_IF_EXISTS)
+        self._set_progress = self._r.register_script(_SET_PROGRESS)
         self._queue_stats = self._r.register_script(_QUEUE_STATS)
         self._claim_next = self._r.register_script(_CLAIM_NEXT)
         self._renew = self._r.register_script(_RENEW)
@@ -455,10 +470,14 @@ class RedisStore:
             finally:
                 pubsub.close()
 
-    def set_progress(self, steps: dict[str, int]) -> None:
-        """Record each running job's step (one round trip for the whole batch)."""
-        if steps:
-            self._set_if_exists(keys=[self._job(j) for j in steps], args=["step", *steps.values()])
+    def set_progress(self, steps: dict[str, int]) -> set[str]:
+        """Record each running job's step, and return the jobs whose cancel was requested:
+        the worker's one round trip per step for the whole batch."""
+        if not steps:
+            return set()
+        ids = list(steps)
+        flagged = self._set_progress(keys=[self._job(j) for j in ids], args=list(steps.values()))
+        return {ids[int(i) - 1] for i in flagged}
 
     def request_cancel(self, job_id: str) -> None:
         with _unavailable():

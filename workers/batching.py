@@ -42,16 +42,22 @@ def keep_gathering(policy: BatchPolicy, now: float, gather_started: float, rows:
     return rows < policy.max_rows and now - gather_started < policy.max_wait_s
 
 
-def tick_rows(curve: Mapping[int, float], fraction: float = 0.95) -> int:
+def tick_rows(curve: Mapping[int, float], gain: float = 0.1) -> int:
     """The rows per denoiser call to aim for, from a measured throughput curve.
 
-    ``curve`` maps batch size (rows) to throughput (rows per second). Past the knee, bigger
-    calls buy little throughput but every image waits longer per step, so the tick is the
-    smallest batch that reaches ``fraction`` of the best throughput measured.
+    ``curve`` maps batch size (rows) to throughput (rows per second). Every extra row in a
+    call makes each image in it wait longer per step, and buys throughput only where the
+    curve still rises: the tick is the smallest batch that no bigger one beats by more than
+    ``gain``. On a GPU the curve climbs for hundreds of rows and the tick is large; on a CPU
+    it is nearly flat past a few rows, and sharing calls among many jobs would only slow
+    each of them down (measured in BENCHMARKS.md).
     """
     if not curve:
         raise ValueError("an empty throughput curve")
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    best = max(curve.values())
-    return min(size for size, rate in curve.items() if rate >= fraction * best)
+    if gain < 0:
+        raise ValueError(f"gain must be >= 0, got {gain}")
+    sizes = sorted(curve)
+    for i, size in enumerate(sizes):
+        if all(curve[bigger] <= (1 + gain) * curve[size] for bigger in sizes[i + 1 :]):
+            return size
+    return sizes[-1]  # unreachable: the largest size always qualifies

@@ -29,7 +29,10 @@ class WorkerSettings(CommonSettings):
         "to completion before the next one forms (for comparison).",
     )
     max_wait_ms: int = Field(
-        default=10, ge=0, le=10_000, description="How long an idle worker gathers jobs before its first step."
+        default=10,
+        ge=0,
+        le=10_000,
+        description="Request-level batching: how long an idle worker gathers jobs before its first step.",
     )
     poll_ms: int = Field(
         default=1000, ge=10, le=60_000, description="How long an idle worker blocks on the queue."

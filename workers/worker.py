@@ -39,6 +39,7 @@ log = logging.getLogger("diffq.worker")
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
 GATHER_POLL_SECONDS = 0.001  # how often an idle worker looks for more jobs while it gathers
+CLAIM_EVERY_SECONDS = 0.005  # a busy worker's claims, after one found the queue empty
 
 
 def outage_backoff(failures: int) -> float:
@@ -77,6 +78,8 @@ class Worker:
             self.metrics = WorkerMetrics(self.model)
         self.metrics.loaded(self.engine.load_seconds)
         self.last_tick: float | None = None  # monotonic time the loop last went round
+        self._cancel_flags: set[str] = set()  # cancels requested, as of the last progress write
+        self._queue_empty_at = 0.0  # monotonic time a claim last came back empty
         self.policy = BatchPolicy(self.settings.max_batch_rows, self.settings.max_wait_ms / 1000)
         self.active: dict[str, InFlight] = {}
         self.waiting: list[tuple[Claimed, Job]] = []
@@ -240,8 +243,8 @@ class Worker:
         """Claim jobs one at a time until this worker holds a full batch of rows.
 
         One entry per read keeps a worker from hoarding jobs it cannot run yet, so other
-        workers get them. An idle worker blocks for the first job, then gathers for up to
-        ``max_wait`` before its first step.
+        workers get them. An idle worker blocks for the first job, then takes what else is
+        waiting (request-level batching also gathers for up to ``max_wait``).
         """
         if self.settings.batching == "request" and self.active:
             return  # request-level batching: the next batch forms only once this one is done
@@ -251,17 +254,25 @@ class Worker:
                 return
             self.waiting += got
             started = time.monotonic()
-            # Poll rather than block: Redis ends a blocking read that times out only on its
-            # own clock tick (100 ms at the default hz 10), far past a 10 ms window.
-            while keep_gathering(self.policy, time.monotonic(), started, self._held_rows()):
+            # Request-level batches gather for up to max_wait: whoever misses the start waits
+            # for the whole batch. Continuous batching takes what is there and starts: a job
+            # arriving a moment later joins at the next step. Poll rather than block: Redis
+            # ends a blocking read that times out only on its clock tick (100 ms at hz 10).
+            gather = self.settings.batching == "request"
+            while gather and keep_gathering(self.policy, time.monotonic(), started, self._held_rows()):
                 more = self._claim(None)
                 if more:
                     self.waiting += more
                 else:
                     time.sleep(GATHER_POLL_SECONDS)
+        # With a batch running, look for newcomers at most every CLAIM_EVERY_SECONDS once the
+        # queue was found empty: a round trip per step would cost more than the wait.
         while free_rows(self.policy, self._held_rows()) > 0:
+            if self.active and time.monotonic() - self._queue_empty_at < CLAIM_EVERY_SECONDS:
+                break
             more = self._claim(None)
             if not more:
+                self._queue_empty_at = time.monotonic()
                 break
             self.waiting += more
 
@@ -389,9 +400,9 @@ class Worker:
                 self._done_with(flight.claimed, job_id, finished=self._expire(flight.job, now))
 
     def _drop_cancelled(self) -> None:
-        if not self.active:
-            return
-        for job_id in self.store.cancel_requested(list(self.active)):
+        """Jobs whose cancel was requested (the last progress write said so) stop here."""
+        flagged, self._cancel_flags = self._cancel_flags & self.active.keys(), set()
+        for job_id in flagged:
             flight = self.active.pop(job_id)
             current = self.store.get(job_id) or flight.job
             if not current.terminal:
@@ -419,7 +430,7 @@ class Worker:
         for f in flights:
             f.rows = stepped[k : k + len(f.rows)]
             k += len(f.rows)
-        self.store.set_progress({f.job.id: f.step for f in flights})
+        self._cancel_flags = self.store.set_progress({f.job.id: f.step for f in flights})
         for f in flights:
             if f.done:
                 self._finish_succeeded(f)

@@ -127,6 +127,16 @@ def test_progress_and_cancel_never_resurrect_an_expired_record(store: RedisStore
     assert store.get(gone.id) is None
 
 
+def test_progress_write_reports_requested_cancels(store: RedisStore) -> None:
+    a, b = new_job(), new_job()
+    store.submit(a)
+    store.submit(b)
+    assert store.set_progress({a.id: 1, b.id: 1}) == set()
+    store.request_cancel(b.id)
+    assert store.set_progress({a.id: 2, b.id: 2}) == {b.id}
+    assert store.cancel_requested([a.id, b.id]) == {b.id}
+
+
 def test_records_and_images_expire_after_the_ttl(valkey: str, prefix: str) -> None:
     short = RedisStore(valkey, prefix=prefix, ttl_seconds=1)
     short.ensure_group(MODEL)

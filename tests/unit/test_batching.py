@@ -40,18 +40,21 @@ def test_gathering_stops_when_full_or_timed_out() -> None:
     assert not keep_gathering(P, now=1.01, gather_started=1.0, rows=16)
 
 
-def test_tick_is_the_smallest_batch_near_the_best_throughput() -> None:
-    # Rows/s rising to a plateau at 64 rows, as on a CPU; a dip past it (cache effects).
-    curve = {1: 40.0, 2: 80.0, 4: 150.0, 8: 260.0, 16: 400.0, 32: 520.0, 64: 600.0, 128: 610.0, 256: 560.0}
-    assert tick_rows(curve) == 64  # 600 >= 0.95 x 610
-    assert tick_rows(curve, fraction=0.8) == 32
-    assert tick_rows(curve, fraction=1.0) == 128
-    assert tick_rows(curve, fraction=0.5) == 16
+def test_tick_is_the_smallest_batch_no_bigger_one_beats_by_much() -> None:
+    # A CPU-like curve: rising to a plateau past 16 rows, a dip at the end.
+    cpu = {1: 380.0, 2: 470.0, 4: 530.0, 8: 560.0, 16: 590.0, 32: 610.0, 64: 600.0, 128: 628.0, 256: 560.0}
+    assert tick_rows(cpu) == 16  # 628 <= 1.1 x 590: nothing bigger is 10% faster
+    assert tick_rows(cpu, gain=0.15) == 8
+    assert tick_rows(cpu, gain=0.0) == 128  # the best one
+    assert tick_rows(cpu, gain=0.5) == 2
+    # A GPU-like curve: throughput doubles with the batch until 256 rows.
+    gpu = {1: 1e3, 2: 2e3, 4: 4e3, 16: 1.6e4, 64: 6.4e4, 256: 2.4e5, 512: 2.5e5}
+    assert tick_rows(gpu) == 256
     assert tick_rows({8: 100.0}) == 8
     with pytest.raises(ValueError):
         tick_rows({})
     with pytest.raises(ValueError):
-        tick_rows(curve, fraction=0)
+        tick_rows(cpu, gain=-1)
 
 
 def test_measured_curve_of_a_stub_engine_finds_its_knee() -> None:
@@ -64,4 +67,4 @@ def test_measured_curve_of_a_stub_engine_finds_its_knee() -> None:
     curve = measure_curve(run, (1, 4, 4), classes=10, sizes=(1, 8, 64, 512), seconds_per_size=0.01, rounds=2)
     assert list(curve) == [1, 8, 64, 512]
     assert curve[1] < curve[8] < curve[64] < curve[512]
-    assert tick_rows(curve, fraction=0.5) == 64  # 64 rows: ~12,000 rows/s, over half of ~19,000
+    assert tick_rows(curve, gain=1.0) == 64  # 64 rows: ~12,000 rows/s; 512: ~19,000, under 2x
