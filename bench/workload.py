@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sampling.denoise import is_guided
+from diffq.jobs import JobRequest
 
 MIX_SAMPLERS = ("dpmpp_2m", "ddim", "euler_ancestral", "ddpm")
 MIX_STEPS = (4, 50)  # inclusive; DDPM is held to the same bound as the others
@@ -25,12 +25,18 @@ class Request:
 
     @property
     def rows_per_step(self) -> int:
-        """Denoiser rows per step: a guided image takes two."""
-        return self.num_images * (2 if is_guided(self.class_label, self.guidance_scale) else 1)
+        """Denoiser rows per step, by the service's own rule (a guided image takes two)."""
+        return self.job_request().rows_per_step
 
     @property
     def evaluations(self) -> int:
-        return self.rows_per_step * self.steps
+        return self.job_request().evaluations
+
+    def job_request(self, model: str = "") -> JobRequest:
+        """This request as the service resolves it."""
+        return JobRequest(
+            model, self.class_label, self.num_images, self.steps, self.sampler, self.guidance_scale, self.seed
+        )
 
     def body(self) -> dict[str, Any]:
         """The ``POST /v1/jobs`` body."""

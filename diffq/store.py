@@ -35,6 +35,18 @@ from diffq.jobs import ANONYMOUS, PRIORITIES, Job, JobError, JobRequest, Priorit
 
 GROUP = "workers"
 
+# A Lua helper the stream scripts share: a consumer group's XINFO GROUPS fields, or nil.
+_GROUP_FIELDS = """
+local function group_fields(stream, group)
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    if f['name'] == group then return f end
+  end
+  return nil
+end
+"""
+
 # Admit and create a job in one atomic step (one round trip): replay an earlier submission
 # with the same idempotency key; take a token from the owner's bucket; refuse when the owner
 # holds its limit of unfinished jobs or the model's queued work would pass its bound; else
@@ -47,7 +59,9 @@ GROUP = "workers"
 # ARGV: job id, ttl, work, now, max in flight, max work, use idempotency ('1'/''),
 #       fingerprint, tokens per second (0: no limit), burst, group, then the record's
 #       field/value pairs.
-_SUBMIT = """
+_SUBMIT = (
+    _GROUP_FIELDS
+    + """
 if ARGV[7] == '1' then
   local seen = redis.call('GET', KEYS[5])
   if seen then return {'replay', seen} end
@@ -83,20 +97,16 @@ redis.call('INCRBY', KEYS[4], ARGV[3])
 if ARGV[7] == '1' then redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[8], 'EX', ttl) end
 local function waiting(stream)
   if redis.call('EXISTS', stream) == 0 then return 0 end
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-    local f = {}
-    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-    if f['name'] == ARGV[11] then
-      if f['lag'] then return f['lag'] end
-      return #redis.call('XRANGE', stream, '(' .. f['last-delivered-id'], '+', 'COUNT', 10000)
-    end
-  end
-  return redis.call('XLEN', stream)
+  local g = group_fields(stream, ARGV[11])
+  if not g then return redis.call('XLEN', stream) end
+  if g['lag'] then return g['lag'] end
+  return #redis.call('XRANGE', stream, '(' .. g['last-delivered-id'], '+', 'COUNT', 10000)
 end
 local position = waiting(KEYS[2])
 for i = 7, #KEYS do position = position + waiting(KEYS[i]) end
 return {'ok', entry, tostring(position)}
 """
+)
 
 # Compare-and-set the status; extra ARGV pairs are fields to set, '' values are deleted.
 # Also keeps the books: a job leaving "queued" takes its work off the model's counter (one
@@ -160,13 +170,11 @@ return gone
 # An entry's 1-based position among the entries of KEYS[1] not yet delivered to group
 # ARGV[1], counted in the server (nothing but the number crosses the network); 0 once
 # delivered. Counts at most ARGV[3] entries.
-_POSITION = """
-local last = '0-0'
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local f = {}
-  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-  if f['name'] == ARGV[1] then last = f['last-delivered-id'] end
-end
+_POSITION = (
+    _GROUP_FIELDS
+    + """
+local g = group_fields(KEYS[1], ARGV[1])
+local last = g and g['last-delivered-id'] or '0-0'
 local function key(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -176,20 +184,19 @@ local lms, lseq = key(last)
 if ems < lms or (ems == lms and eseq <= lseq) then return 0 end
 return #redis.call('XRANGE', KEYS[1], '(' .. last, ARGV[2], 'COUNT', ARGV[3])
 """
+)
 
 # What waits in a model's stream for a worker: entries after the group's last delivered id
 # whose job is still queued (a cancelled or expired job's entry stays until a worker skips
 # it), their denoiser work and the age of the oldest, by the server's clock. Summed here, so
 # a scrape moves three numbers, not the backlog. Scans at most ARGV[2] entries. The job keys
 # are built from ARGV[3] (the prefix): fine on a single server, not on Redis Cluster.
-_QUEUE_STATS = """
+_QUEUE_STATS = (
+    _GROUP_FIELDS
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, -1} end
-local last = '0-0'
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local f = {}
-  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-  if f['name'] == ARGV[1] then last = f['last-delivered-id'] end
-end
+local g = group_fields(KEYS[1], ARGV[1])
+local last = g and g['last-delivered-id'] or '0-0'
 local depth, work, oldest = 0, 0, nil
 for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', ARGV[2])) do
   local f = {}
@@ -207,6 +214,7 @@ if oldest then
 end
 return {depth, work, age}
 """
+)
 
 # Set one field on each existing record (KEYS[i] gets ARGV[i + 1]); never resurrect an
 # expired record as a fragment without a request.

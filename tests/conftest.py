@@ -15,11 +15,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from diffq.serve import free_port, start_valkey, wait_for_http
+from workers.config import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,3 +138,15 @@ def wait_for(client: httpx.Client, job_id: str, statuses: set[str], timeout: flo
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} not in {statuses} after {timeout}s: {job}")
+
+
+def worker_settings(redis_url: str, prefix: str, **extra: Any) -> WorkerSettings:
+    """Settings for a worker built in this process: a fixed tick (not measured at start),
+    two engine threads, quick heartbeats; ``extra`` overrides any of them."""
+    values: dict[str, Any] = {
+        "max_batch_rows": 64,
+        "intra_op_threads": 2,
+        "heartbeat_seconds": 0.2,
+        **extra,
+    }
+    return WorkerSettings(redis_url=redis_url, key_prefix=prefix, **values)

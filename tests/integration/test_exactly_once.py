@@ -5,29 +5,17 @@ whose lease was taken over) changes neither its record nor its images."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
 from diffq.store import Claimed, RedisStore
 from model_store.store import ModelStore
 from sampling.denoise import denoise_step, start_row
 from sampling.registry import get_plan
-from workers.config import WorkerSettings
+from tests.conftest import worker_settings
 from workers.main import build_worker
 from workers.worker import InFlight, Worker
 
 MODEL = ModelStore().get("mnist-cfg-unet").manifest.name
-
-
-def settings(valkey: str, prefix: str, **extra: Any) -> WorkerSettings:
-    extra = {"max_batch_rows": 64, **extra}  # fixed, not measured at start
-    return WorkerSettings(
-        redis_url=valkey,
-        key_prefix=prefix,
-        intra_op_threads=2,
-        heartbeat_seconds=0.2,
-        **extra,
-    )
 
 
 def queued(seed: int) -> Job:
@@ -76,7 +64,7 @@ def test_a_stalled_worker_finishing_late_changes_nothing(valkey: str, prefix: st
     running = transition(job, Status.RUNNING, time.time(), worker="stalled")
     assert store.save_transition(job, running)
     time.sleep(0.6)
-    build_worker(settings(valkey, prefix, lease_seconds=0.5, worker_id="w-live")).run(burst=True)
+    build_worker(worker_settings(valkey, prefix, lease_seconds=0.5, worker_id="w-live")).run(burst=True)
     done = store.get(job.id)
     assert done is not None and done.status == Status.SUCCEEDED and done.worker == "w-live"
     assert done.attempts == 2
@@ -84,7 +72,7 @@ def test_a_stalled_worker_finishing_late_changes_nothing(valkey: str, prefix: st
     assert first[:2] != [None, None] and first[2] is None
 
     # The stalled worker wakes up and finishes its copy; different seeds here, so a write would show.
-    stalled = build_worker(settings(valkey, prefix, worker_id="stalled"))
+    stalled = build_worker(worker_settings(valkey, prefix, worker_id="stalled"))
     flight = finished_rows(stalled, running, seed=12345)
     flight.claimed = claimed
     stalled.active[job.id] = flight

@@ -9,21 +9,10 @@ from dataclasses import replace
 from diffq.jobs import Job, JobRequest, Priority, Status, new_job_id, transition
 from diffq.store import RedisStore
 from model_store.store import ModelStore
-from workers.config import WorkerSettings
+from tests.conftest import worker_settings
 from workers.main import build_worker
 
 MODEL = ModelStore().get("mnist-cfg-unet").manifest.name
-
-
-def settings(valkey: str, prefix: str, **extra: object) -> WorkerSettings:
-    extra = {"max_batch_rows": 64, **extra}  # fixed, not measured at start
-    return WorkerSettings(
-        redis_url=valkey,
-        key_prefix=prefix,
-        intra_op_threads=2,
-        heartbeat_seconds=0.2,
-        **extra,
-    )
 
 
 def queued(seed: int, attempts: int = 0) -> Job:
@@ -38,7 +27,7 @@ def test_poison_job_is_dead_lettered_and_the_rest_go_on(valkey: str, prefix: str
     store.submit(poison)
     store.submit(healthy)
 
-    worker = build_worker(settings(valkey, prefix, max_attempts=3, worker_id="w-dl"))
+    worker = build_worker(worker_settings(valkey, prefix, max_attempts=3, worker_id="w-dl"))
     worker.run(burst=True)
 
     failed, done = store.get(poison.id), store.get(healthy.id)
@@ -67,7 +56,7 @@ def test_job_of_a_dead_worker_is_reclaimed_and_counted_as_a_retry(valkey: str, p
     assert store.save_transition(job, transition(job, Status.RUNNING, time.time(), worker="ghost"))
     time.sleep(0.6)
 
-    worker = build_worker(settings(valkey, prefix, lease_seconds=0.5, worker_id="w-rc"))
+    worker = build_worker(worker_settings(valkey, prefix, lease_seconds=0.5, worker_id="w-rc"))
     worker.run(burst=True)
 
     done = store.get(job.id)
@@ -86,7 +75,7 @@ def test_a_job_past_its_deadline_gets_no_denoiser_time(valkey: str, prefix: str)
     late = replace(late, request=replace(late.request, deadline_seconds=1.0))
     store.submit(late)
 
-    worker = build_worker(settings(valkey, prefix, worker_id="w-dl"))
+    worker = build_worker(worker_settings(valkey, prefix, worker_id="w-dl"))
     worker.run(burst=True)
 
     got = store.get(late.id)
@@ -103,7 +92,7 @@ def test_a_running_job_stops_at_its_deadline(valkey: str, prefix: str) -> None:
     slow = replace(slow, request=replace(slow.request, steps=1000, sampler="ddpm", deadline_seconds=0.5))
     store.submit(slow)
 
-    worker = build_worker(settings(valkey, prefix, worker_id="w-run"))
+    worker = build_worker(worker_settings(valkey, prefix, worker_id="w-run"))
     worker.run(burst=True)
 
     got = store.get(slow.id)
@@ -124,7 +113,7 @@ def test_workers_take_high_priority_jobs_first(valkey: str, prefix: str) -> None
         store.submit(job)
         submitted.append(job)
     # One denoiser row per call: the jobs run one after another, in the order the worker picks.
-    worker = build_worker(settings(valkey, prefix, max_batch_rows=1, max_wait_ms=0))
+    worker = build_worker(worker_settings(valkey, prefix, max_batch_rows=1, max_wait_ms=0))
     worker.run(burst=True)
 
     done = [store.get(j.id) for j in submitted]
