@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 
-.PHONY: run test lint typecheck unit chaos eval train export bench clean
+.PHONY: run test lint typecheck unit chaos eval train export export-fp16 bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -53,9 +53,13 @@ train: $(DEV_STAMP)
 export: $(DEV_STAMP)
 	$(PY) -m model_store.training.export --checkpoint var/train/checkpoint.pt
 
+## The fp16 variant of the exported model (float16 inside, float32 in and out), checked against fp32
+export-fp16: $(DEV_STAMP)
+	$(PY) -m model_store.training.half
+
 ## Measure sample quality (label agreement, Frechet distance); not a CI gate
 eval: $(DEV_STAMP)
-	$(PY) -m model_store.evaluation.run
+	$(PY) -m model_store.evaluation.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from bench.client import Api
-from bench.engine import FULL_SIZES, QUICK_SIZES, load_engine, measure_curve
+from bench.engine import curve_sizes, load_engine, measure_curve
 from bench.gateway import measure_gateway
 from bench.latency import measure_latency
 from bench.machine import CpuSample, cpu_sample, describe, outside_share
@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--gateway-processes", type=int, default=1, help="uvicorn processes of both servers")
     p.add_argument("--concurrency", type=int, default=16, help="connections in the gateway benchmark")
+    p.add_argument(
+        "--curve-seconds",
+        type=float,
+        default=None,
+        help="timed seconds per batch size and round in the engine curve (default 1, quick 0.25)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -59,17 +65,21 @@ def main(argv: list[str] | None = None) -> int:
         if current:
             was, since = current.pop()
             results.steps.append(Step(was, now.at - since.at, outside_share(since, now)))
+            # A partial report after every step: a run cut short still leaves what it measured.
+            results.seconds = time.monotonic() - began
+            write_report(results, args.out, args.plots)
         if name is not None:
             log(f"{name} ({time.monotonic() - began:.0f}s in)")
             current.append((name, now))
 
-    engine = load_engine(args.threads)
+    engine, variant = load_engine(args.threads)
     step("engine curve")
     results.engine = measure_curve(
         engine,
+        variant,
         args.threads,
-        QUICK_SIZES if quick else FULL_SIZES,
-        seconds_per_size=0.25 if quick else 1.0,
+        curve_sizes(engine.device, quick),
+        seconds_per_size=args.curve_seconds or (0.25 if quick else 1.0),
         rounds=2 if quick else 3,
     )
     if args.max_batch_rows is None:

@@ -11,17 +11,23 @@ import numpy as np
 from bench.stats import knee
 from model_store.store import ModelStore
 from workers.batching import tick_rows
-from workers.engine import Engine, EngineOptions
+from workers.engine import Engine, EngineOptions, choose_variant, planned_device
 
 MODEL = "mnist-cfg-unet"
 FULL_SIZES = tuple(2**k for k in range(10))  # 1 .. 512
 QUICK_SIZES = (1, 4, 16, 64, 256)
+GPU_EXTRA_SIZES = (1024, 2048)  # a GPU's curve is still rising at 512
+
+
+def curve_sizes(device: str, quick: bool) -> tuple[int, ...]:
+    return (QUICK_SIZES if quick else FULL_SIZES) + (GPU_EXTRA_SIZES if device == "cuda" else ())
 
 
 @dataclass(frozen=True)
 class EngineCurve:
     threads: int
     providers: list[str]
+    variant: str
     rows_per_second: dict[int, float]  # batch size -> best of the rounds
     ms_per_call: dict[int, float]
     knee: int  # smallest batch reaching 95% of the best throughput
@@ -33,14 +39,22 @@ class EngineCurve:
         return size, self.rows_per_second[size]
 
 
-def load_engine(threads: int) -> Engine:
-    """The shipped model, checksum verified, on ``threads`` onnxruntime threads."""
+def load_engine(threads: int, variant: str = "auto") -> tuple[Engine, str]:
+    """The shipped model, checksum verified, on ``threads`` onnxruntime threads, and the variant
+    loaded (``auto`` picks it as the worker does)."""
     stored = ModelStore().get(MODEL)
-    return Engine(stored.verify(), stored.manifest, EngineOptions(intra_op_threads=threads))
+    chosen = choose_variant(variant, planned_device(), stored.manifest.variant_names)
+    return Engine(stored.verify(chosen), stored.manifest, EngineOptions(intra_op_threads=threads)), chosen
 
 
 def measure_curve(
-    engine: Engine, threads: int, sizes: Sequence[int], seconds_per_size: float, rounds: int, seed: int = 0
+    engine: Engine,
+    variant: str,
+    threads: int,
+    sizes: Sequence[int],
+    seconds_per_size: float,
+    rounds: int,
+    seed: int = 0,
 ) -> EngineCurve:
     """Rows per second at each batch size: per round, one warm-up call then calls until
     ``seconds_per_size`` has passed (at least two); the best round counts, since other load on
@@ -69,6 +83,7 @@ def measure_curve(
     return EngineCurve(
         threads=threads,
         providers=engine.providers,
+        variant=variant,
         rows_per_second=best,
         ms_per_call={s: 1000 * s / r for s, r in best.items()},
         knee=knee(best, 0.95),

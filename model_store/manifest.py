@@ -8,6 +8,7 @@ and sampler defaults, so a model always samples the way it was trained.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -66,15 +67,32 @@ class SamplingSpec(_Strict):
         return self
 
 
+FILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+BASE_VARIANT = "fp32"
+
+
+class VariantSpec(_Strict):
+    """Another file with the same weights and I/O contract at a different precision.
+
+    Inputs and outputs keep the manifest's dtypes (the graph casts at its edges), so samplers
+    and workers run a variant exactly as they run the base file; only the arithmetic inside
+    differs. ``max_relative_error`` is the export check against the base file.
+    """
+
+    file: str = Field(pattern=FILE_PATTERN)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    compute_dtype: Literal["float16"]
+    max_relative_error: float = Field(ge=0, le=0.05)
+    quality: dict[str, object] = Field(default_factory=dict)
+
+
 class Manifest(_Strict):
     """The contents of ``manifest.json``."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
     format: Literal["onnx"] = "onnx"
-    file: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="File name in the version dir."
-    )
+    file: str = Field(pattern=FILE_PATTERN, description="File name in the version dir (the fp32 base).")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     opset: int = Field(ge=17)
     inputs: list[TensorSpec] = Field(min_length=3, max_length=3)
@@ -87,9 +105,20 @@ class Manifest(_Strict):
     architecture: dict[str, object] = Field(default_factory=dict)
     training: dict[str, object] = Field(default_factory=dict)
     quality: dict[str, object] = Field(default_factory=dict)
+    variants: dict[str, VariantSpec] = Field(
+        default_factory=dict, description="Other precisions of the same model, by name (e.g. fp16)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
+        if BASE_VARIANT in self.variants:
+            raise ValueError(f"variant {BASE_VARIANT!r} is the manifest's own file; do not list it")
+        files = [self.file, *(v.file for v in self.variants.values())]
+        if len(set(files)) != len(files):
+            raise ValueError("every variant needs its own file")
+        for name in self.variants:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,15}", name):
+                raise ValueError(f"variant name {name!r}: lowercase letters, digits, '-' and '_' only")
         if self.null_class != len(self.classes):
             raise ValueError("null_class must be the index after the last class")
         if self.sampling.max_steps > self.schedule.num_train_timesteps:
@@ -99,6 +128,20 @@ class Manifest(_Strict):
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @property
+    def variant_names(self) -> list[str]:
+        """``fp32`` (the manifest's own file) first, then the listed variants."""
+        return [BASE_VARIANT, *self.variants]
+
+    def variant_file(self, variant: str) -> tuple[str, str]:
+        """(file name, sha256) of a variant; ValueError naming the ones there are."""
+        if variant == BASE_VARIANT:
+            return self.file, self.sha256
+        spec = self.variants.get(variant)
+        if spec is None:
+            raise ValueError(f"{self.ref} has no variant {variant!r} (has {self.variant_names})")
+        return spec.file, spec.sha256
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from model_store.manifest import MANIFEST_NAME, Manifest, sha256_file
+from model_store.manifest import BASE_VARIANT, MANIFEST_NAME, Manifest, sha256_file
 
 DEFAULT_ROOT = Path(__file__).resolve().parent
 
@@ -32,24 +32,31 @@ class StoredModel:
 
     @property
     def path(self) -> Path:
-        """The model file, guaranteed to sit inside the version directory."""
-        path = (self.directory / self.manifest.file).resolve()
+        """The (fp32) model file, guaranteed to sit inside the version directory."""
+        return self.variant_path(BASE_VARIANT)
+
+    def variant_path(self, variant: str) -> Path:
+        """A variant's file (``fp32``: the manifest's own), inside the version directory."""
+        try:
+            name, _ = self.manifest.variant_file(variant)
+        except ValueError as e:
+            raise ModelStoreError(str(e)) from e
+        path = (self.directory / name).resolve()
         if not path.is_relative_to(self.directory.resolve()) or path.parent != self.directory.resolve():
-            raise ModelStoreError(
-                f"{self.manifest.ref}: model file {self.manifest.file!r} escapes its directory"
-            )
+            raise ModelStoreError(f"{self.manifest.ref}: model file {name!r} escapes its directory")
         return path
 
-    def verify(self) -> Path:
-        """The model file's path after checking it exists and matches the manifest's sha256."""
-        path = self.path
+    def verify(self, variant: str = BASE_VARIANT) -> Path:
+        """A variant's file path after checking it exists and matches the manifest's sha256."""
+        path = self.variant_path(variant)
+        _, expected = self.manifest.variant_file(variant)
         if not path.is_file():
             raise ModelStoreError(f"{self.manifest.ref}: model file {path} is missing")
         actual = sha256_file(path)
-        if actual != self.manifest.sha256:
+        if actual != expected:
             raise ChecksumMismatch(
                 f"{self.manifest.ref}: checksum mismatch for {path.name}: manifest says "
-                f"{self.manifest.sha256}, file has {actual}; the file is corrupt or was replaced"
+                f"{expected}, file has {actual}; the file is corrupt or was replaced"
             )
         return path
 

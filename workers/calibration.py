@@ -15,6 +15,13 @@ import numpy as np
 Run = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# A GPU's curve keeps rising long after a CPU's has flattened (at batch 1 it is launch-bound).
+GPU_SIZES = (*SIZES, 512, 1024, 2048)
+
+
+def sizes_for(device: str) -> tuple[int, ...]:
+    """The batch sizes to measure on ``device`` (``cpu`` or ``cuda``)."""
+    return GPU_SIZES if device == "cuda" else SIZES
 
 
 def measure_curve(

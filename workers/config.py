@@ -16,6 +16,13 @@ class WorkerSettings(CommonSettings):
     model: str | None = Field(
         default=None, description="Model this worker serves; default: the first in the store."
     )
+    model_variant: str = Field(
+        default="auto",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,15}$",
+        description="Model precision variant from the manifest (fp32, fp16, ...); auto = fp16 on "
+        "CUDA when the model has one, fp32 otherwise. Images are byte-identical per variant and "
+        "hardware, not across them.",
+    )
     max_batch_rows: int = Field(
         default=0,
         ge=0,
@@ -62,6 +69,23 @@ class WorkerSettings(CommonSettings):
         description="CUDA only: pad each denoiser call to a batch bucket (powers of two up to "
         "max_batch_rows) and replay a CUDA graph captured per bucket; without CUDA it is turned "
         "off with a warning.",
+    )
+    pad_to_buckets: bool | None = Field(
+        default=None,
+        description="Pad each denoiser call to a batch bucket, so the engine sees a few shapes, all "
+        "warmed at start-up; unset: on with CUDA (new shapes are slow there), off on CPU.",
+    )
+    batch_buckets: Literal["auto", "pow2", "fixed"] = Field(
+        default="auto",
+        description="Padded calls: pow2 pads to the next power of two up to max_batch_rows; fixed "
+        "pads every call to max_batch_rows, one shape, so a row's result cannot depend on the "
+        "batch it ran in (the seed contract on GPUs, where cuDNN's results vary with the batch "
+        "size), at the cost of full-size calls at low load; auto = fixed on CUDA, pow2 elsewhere.",
+    )
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
+        default="HEURISTIC",
+        description="CUDA: how cuDNN picks convolution algorithms for each new shape (EXHAUSTIVE "
+        "times them all first, onnxruntime's own default).",
     )
     max_attempts: int = Field(
         default=3,

@@ -10,6 +10,11 @@ the three ways a call runs:
 - CUDA graphs (``EngineOptions.cuda_graph``, CUDA only): each call is padded to a batch bucket
   and runs through that bucket's session, which captured a graph over fixed device buffers
   (see ``BucketedSessions``).
+
+On CUDA, calls are padded to batch buckets also without graphs (``use_padding``), and cuDNN
+picks convolution algorithms heuristically rather than timing them all on every new shape:
+measured on an H200, onnxruntime's default exhaustive search on the varying batch sizes of
+continuous batching made the service several times slower than the engine alone.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -55,10 +61,51 @@ def choose_providers(available: Sequence[str], requested: Sequence[str] | None =
     return chosen
 
 
+def planned_device(requested: Sequence[str] | None = None) -> str:
+    """``cuda`` when a session with these providers (None: automatic) would run on CUDA first,
+    else ``cpu``; known before any session exists, so the model variant can follow it."""
+    return "cuda" if choose_providers(ort.get_available_providers(), requested)[0] == CUDA else "cpu"
+
+
+def choose_variant(requested: str, device: str, available: Sequence[str]) -> str:
+    """The model variant to load (``fp32`` is the manifest's own file).
+
+    ``auto``: ``fp16`` on CUDA when the model has one (tensor cores, half the memory traffic),
+    ``fp32`` elsewhere (onnxruntime's CPU kernels are fp32: an fp16 graph casts around them
+    and runs slower). A variant asked for by name must exist: a silent fallback would hide a
+    deployment that does not run what its operator chose.
+    """
+    if requested == "auto":
+        return "fp16" if device == "cuda" and "fp16" in available else "fp32"
+    if requested not in available:
+        raise EngineError(f"model variant {requested!r} not available (has {list(available)})")
+    return requested
+
+
 def use_io_binding(requested: bool | None, session_providers: Sequence[str]) -> bool:
     """IOBinding as asked; unset, it is on when the session runs on CUDA, where it saves the
     per-call output allocation, and off on CPU, where it buys nothing."""
     return CUDA in session_providers if requested is None else requested
+
+
+def use_padding(requested: bool | None, session_providers: Sequence[str]) -> bool:
+    """Pad calls to batch buckets as asked; unset, on with CUDA, off on CPU.
+
+    On CUDA every new input shape costs: cuDNN picks (and, searching exhaustively, times)
+    convolution algorithms per shape, so a worker whose calls take every size from 1 to its
+    tick keeps paying that. Buckets bound the shapes to a few, all warmed at start-up
+    (``Engine.warm_up``). On CPU a padded row costs as much as a real one and buys nothing.
+    """
+    return CUDA in session_providers if requested is None else requested
+
+
+def cuda_options(conv_algo_search: str, capture: bool) -> dict[str, str]:
+    """The CUDA execution provider's options: cuDNN's convolution algorithm search, and a
+    captured CUDA graph when ``capture``."""
+    options = {"cudnn_conv_algo_search": conv_algo_search}
+    if capture:
+        options["enable_cuda_graph"] = "1"
+    return options
 
 
 def use_cuda_graph(requested: bool, session_providers: Sequence[str]) -> bool:
@@ -94,7 +141,11 @@ class EngineOptions:
     spinning: bool = False
     io_binding: bool | None = None  # None: on when the session runs on CUDA, off otherwise
     cuda_graph: bool = False  # CUDA only; ignored with a warning elsewhere (use_cuda_graph)
-    graph_buckets: tuple[int, ...] = default_buckets(256)  # batch sizes that get a graph each
+    pad_to_buckets: bool | None = None  # None: on with CUDA (see use_padding), off otherwise
+    buckets: tuple[int, ...] = default_buckets(256)  # the batch sizes calls are padded to
+    # HEURISTIC: cuDNN's pick per shape, at once. EXHAUSTIVE times every algorithm on each new
+    # shape first (onnxruntime's default), which stalls a worker whose batch sizes vary.
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = "HEURISTIC"
 
 
 @dataclass
@@ -118,7 +169,7 @@ class Engine:
         self._options = options
         self._providers = choose_providers(ort.get_available_providers(), options.providers)
         started = time.perf_counter()
-        self._session = self._new_session(self._providers)
+        self._session = self._new_session(self._provider_entries(capture=False))
         self.load_seconds = time.perf_counter() - started
         self.manifest = manifest
         self._check_io(manifest)
@@ -129,16 +180,24 @@ class Engine:
         self.device = "cuda" if CUDA in session_providers else "cpu"
         self.io_binding = use_io_binding(options.io_binding, session_providers)
         self.cuda_graph = use_cuda_graph(options.cuda_graph, session_providers)
+        self.padded = self.cuda_graph or use_padding(options.pad_to_buckets, session_providers)
+        self.buckets = check_buckets(options.buckets)
         self._bound = BoundRun(self._session, manifest, self.device) if self.io_binding else None
-        self._bucketed = self.bucketed(options.graph_buckets, capture=True) if self.cuda_graph else None
+        self._bucketed = self.bucketed(self.buckets, capture=True) if self.cuda_graph else None
         if self._bucketed is not None:
             # Build the smallest bucket now: a model CUDA graphs cannot run fails the start,
-            # not a job. The other buckets are built on their first call.
+            # not a job. The other buckets are built on their first call (or in warm_up).
             self._bucketed.prepare(self._bucketed.buckets[0])
 
     @property
     def providers(self) -> list[str]:
         return list(self._session.get_providers())
+
+    def _provider_entries(self, capture: bool) -> list[ProviderEntry]:
+        return [
+            (p, cuda_options(self._options.cudnn_conv_algo_search, capture)) if p == CUDA else p
+            for p in self._providers
+        ]
 
     def _new_session(self, providers: Sequence[ProviderEntry]) -> ort.InferenceSession:
         so = ort.SessionOptions()
@@ -167,11 +226,9 @@ class Engine:
         buffers and bindings with the engine's own providers, which is how the path is tested
         on CPU.
         """
-        providers: list[ProviderEntry] = list(self._providers)
-        if capture:
-            if self.device != "cuda" or self._providers[0] != CUDA:
-                raise EngineError(f"CUDA graphs need the CUDA provider first, have {self._providers}")
-            providers[0] = (CUDA, {"enable_cuda_graph": "1"})
+        if capture and (self.device != "cuda" or self._providers[0] != CUDA):
+            raise EngineError(f"CUDA graphs need the CUDA provider first, have {self._providers}")
+        providers = self._provider_entries(capture)
         return BucketedSessions(
             lambda: self._new_session(providers),
             self.manifest,
@@ -188,7 +245,7 @@ class Engine:
             np.ascontiguousarray(class_label, dtype=np.int64),
         )
         started = time.perf_counter()
-        out = (self._bucketed.run if self._bucketed is not None else self._run_unbucketed)(*inputs)
+        out = self._dispatch(*inputs)
         elapsed = time.perf_counter() - started
         s = self.stats
         s.calls += 1
@@ -196,6 +253,30 @@ class Engine:
         s.seconds += elapsed
         s.last_seconds, s.last_rows = elapsed, len(timestep)
         return out
+
+    def warm_up(self) -> float:
+        """One call at every bucket size (padded engines) so no job pays for a first call at a
+        new shape (cuDNN's algorithm choice, buffer sizing, a graph's capture); seconds taken.
+        An engine that does not pad is left alone: its shapes are open-ended."""
+        started = time.perf_counter()
+        if self.padded:
+            for size in self.buckets:
+                zeros = np.zeros((size, *self.manifest.image_shape), dtype=np.float32)
+                self._dispatch(zeros, np.zeros(size, dtype=np.float32), np.zeros(size, dtype=np.int64))
+        return time.perf_counter() - started
+
+    def use_buckets(self, buckets: Sequence[int]) -> None:
+        """Pad to these batch sizes from now on (e.g. one fixed size, once the tick is known)."""
+        self.buckets = check_buckets(buckets)
+        if self._bucketed is not None:
+            self._bucketed.buckets = self.buckets
+
+    def _dispatch(self, sample: np.ndarray, timestep: np.ndarray, class_label: np.ndarray) -> np.ndarray:
+        if self._bucketed is not None:
+            return self._bucketed.run(sample, timestep, class_label)
+        if self.padded:
+            return run_bucketed(self._run_unbucketed, self.buckets, sample, timestep, class_label)
+        return self._run_unbucketed(sample, timestep, class_label)
 
     def _run_unbucketed(self, *inputs: np.ndarray) -> np.ndarray:
         if self._bound is not None:

@@ -12,10 +12,10 @@ from diffq.logs import setup_logging
 from diffq.store import RedisStore
 from model_store.store import ModelStore
 from workers.batching import tick_rows
-from workers.buckets import default_buckets
-from workers.calibration import SIZES, measure_curve
+from workers.buckets import default_buckets, worker_buckets
+from workers.calibration import measure_curve, sizes_for
 from workers.config import WorkerSettings
-from workers.engine import Engine, EngineOptions
+from workers.engine import Engine, EngineOptions, choose_variant, planned_device
 from workers.http import WorkerHealth, start_http
 from workers.metrics import WorkerMetrics
 from workers.worker import Worker, install_signal_handlers
@@ -27,8 +27,10 @@ def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -
     store_root = ModelStore(settings.model_store)
     stored = store_root.get(settings.model) if settings.model else store_root.models()[0]
     metrics = WorkerMetrics(stored.manifest.name, health.registry if health else None)
+    device = planned_device(settings.providers)
+    variant = choose_variant(settings.model_variant, device, stored.manifest.variant_names)
     engine = Engine(
-        stored.verify(),
+        stored.verify(variant),
         stored.manifest,
         EngineOptions(
             providers=settings.providers,
@@ -36,22 +38,29 @@ def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -
             spinning=settings.ort_spinning,
             io_binding=settings.io_binding,
             cuda_graph=settings.cuda_graph,
-            # Unset max_batch_rows: buckets up to the largest size the calibration measures.
-            graph_buckets=default_buckets(settings.max_batch_rows or max(SIZES)),
+            pad_to_buckets=settings.pad_to_buckets,
+            # Unset max_batch_rows: powers of two up to the largest size the calibration
+            # measures (its sizes then fall on buckets); the tick decides the final set below.
+            buckets=default_buckets(settings.max_batch_rows or max(sizes_for(device))),
+            cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
         ),
     )
     log.info(
         "model loaded",
         extra={
             "model": stored.manifest.ref,
+            "variant": variant,
             "providers": engine.providers,
             "io_binding": engine.io_binding,
             "cuda_graph": engine.cuda_graph,
+            "padded": engine.padded,
             "seconds": round(engine.load_seconds, 3),
         },
     )
     if settings.max_batch_rows == 0:  # measure this hardware and take the knee
-        curve = measure_curve(engine.run, stored.manifest.image_shape, len(stored.manifest.classes))
+        curve = measure_curve(
+            engine.run, stored.manifest.image_shape, len(stored.manifest.classes), sizes_for(engine.device)
+        )
         settings = settings.model_copy(update={"max_batch_rows": tick_rows(curve)})
         log.info(
             "tick size from the engine curve",
@@ -60,6 +69,10 @@ def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -
                 "curve": {size: round(rate) for size, rate in curve.items()},
             },
         )
+    engine.use_buckets(worker_buckets(settings.batch_buckets, settings.max_batch_rows, engine.device))
+    warm = engine.warm_up()
+    if engine.padded:
+        log.info("batch buckets warmed", extra={"buckets": list(engine.buckets), "seconds": round(warm, 3)})
     metrics.tick_rows.labels(stored.manifest.name).set(settings.max_batch_rows)
     store = RedisStore(
         settings.redis_url, settings.key_prefix, settings.result_ttl_seconds, settings.redis_timeout_seconds

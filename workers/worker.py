@@ -42,6 +42,12 @@ GATHER_POLL_SECONDS = 0.001  # how often an idle worker looks for more jobs whil
 CLAIM_EVERY_SECONDS = 0.005  # a busy worker's claims, after one found the queue empty
 
 
+def claim_count(free_rows: int) -> int:
+    """Entries to ask for when ``free_rows`` rows are free: one per two rows (a guided image,
+    the default), at least one, at most 64 a read."""
+    return max(1, min(64, free_rows // 2))
+
+
 def outage_backoff(failures: int) -> float:
     """Seconds to wait after the ``failures``-th failed attempt in a row (1-based)."""
     return min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** min(max(0, failures - 1), 32))
@@ -185,8 +191,9 @@ class Worker:
         if self.waiting:
             self.waiting = self._with_records([c for c, _ in self.waiting])
         self._renew()
-        for f in [f for f in self.active.values() if f.done]:
-            self._finish_succeeded(f)  # the outage came between its last step and its ack
+        done = [f for f in self.active.values() if f.done]
+        if done:  # the outage came between their last step and their ack
+            self._finish_succeeded(*done)
         if self._outage_started is not None:
             self._last_reclaim = time.monotonic() + self.settings.lease_seconds
             log.info(
@@ -240,11 +247,12 @@ class Worker:
         return self._rows_in_use() + sum(j.request.rows_per_step for _, j in self.waiting)
 
     def _take_work(self) -> None:
-        """Claim jobs one at a time until this worker holds a full batch of rows.
+        """Claim jobs until this worker holds a full batch of rows.
 
-        One entry per read keeps a worker from hoarding jobs it cannot run yet, so other
-        workers get them. An idle worker blocks for the first job, then takes what else is
-        waiting (request-level batching also gathers for up to ``max_wait``).
+        Each read asks for as many entries as the free rows could hold at two rows a job
+        (``claim_count``), so a worker never holds much more than it can run at the next step
+        and other workers get the rest. An idle worker blocks for the first job, then takes
+        what else is waiting (request-level batching also gathers for up to ``max_wait``).
         """
         if self.settings.batching == "request" and self.active:
             return  # request-level batching: the next batch forms only once this one is done
@@ -267,18 +275,19 @@ class Worker:
                     time.sleep(GATHER_POLL_SECONDS)
         # With a batch running, look for newcomers at most every CLAIM_EVERY_SECONDS once the
         # queue was found empty: a round trip per step would cost more than the wait.
-        while free_rows(self.policy, self._held_rows()) > 0:
+        while (free := free_rows(self.policy, self._held_rows())) > 0:
             if self.active and time.monotonic() - self._queue_empty_at < CLAIM_EVERY_SECONDS:
                 break
-            more = self._claim(None)
+            more = self._claim(None, claim_count(free))
             if not more:
                 self._queue_empty_at = time.monotonic()
                 break
             self.waiting += more
 
-    def _claim(self, block_ms: int | None) -> list[tuple[Claimed, Job]]:
-        """The next entry with its record; entries whose job is gone or finished are acked."""
-        return self._with_records(self.store.claim(self.model, self.worker_id, 1, block_ms))
+    def _claim(self, block_ms: int | None, count: int = 1) -> list[tuple[Claimed, Job]]:
+        """Up to ``count`` entries with their records; entries whose job is gone or finished
+        are acked."""
+        return self._with_records(self.store.claim(self.model, self.worker_id, count, block_ms))
 
     def _with_records(self, claimed: list[Claimed]) -> list[tuple[Claimed, Job]]:
         jobs = self.store.get_many([c.job_id for c in claimed])
@@ -316,8 +325,29 @@ class Worker:
         self.waiting.sort(key=lambda cj: PRIORITIES.index(cj[1].request.priority))
         n = admit(self.policy, self._rows_in_use(), [j.request.rows_per_step for _, j in self.waiting])
         joining, self.waiting = self.waiting[:n], self.waiting[n:]
+        now = time.time()
+        plain: list[tuple[Claimed, Job]] = []
         for claimed, job in joining:
-            self._start(claimed, job)
+            if self._plain_start(job, now):
+                plain.append((claimed, job))
+            else:  # dead letters, expiries, reclaimed jobs: one at a time
+                self._start(claimed, job)
+        # The common case, queued -> running, for every joining job in one round trip.
+        running = [transition(j, Status.RUNNING, now, worker=self.worker_id) for _, j in plain]
+        saved = self.store.save_transitions([(j, r) for (_, j), r in zip(plain, running, strict=True)])
+        for (claimed, job), run, ok in zip(plain, running, saved, strict=True):
+            if ok:
+                self._begin(claimed, run)
+            else:
+                self._done_with(claimed, job.id)
+
+    def _plain_start(self, job: Job, now: float) -> bool:
+        """A queued job with attempts left and time before its deadline: it just starts."""
+        return (
+            job.status == Status.QUEUED
+            and job.attempts < self.settings.max_attempts
+            and not job.past_deadline(now)
+        )
 
     def _start(self, claimed: Claimed, job: Job) -> None:
         now = time.time()
@@ -338,6 +368,10 @@ class Worker:
         if not self.store.save_transition(job, running):
             self._done_with(claimed, job.id)
             return
+        self._begin(claimed, running)
+
+    def _begin(self, claimed: Claimed, running: Job) -> None:
+        """A job now recorded as running joins the in-flight set with its first rows."""
         self._metrics.started(running)
         req = running.request
         try:
@@ -351,8 +385,8 @@ class Worker:
             )
             for i in range(req.num_images)
         ]
-        self.active[job.id] = InFlight(running, claimed, rows)
-        log.info("job state", extra={"job_id": job.id, "status": "running", "worker": self.worker_id})
+        self.active[running.id] = InFlight(running, claimed, rows)
+        log.info("job state", extra={"job_id": running.id, "status": "running", "worker": self.worker_id})
 
     def _dead_letter(self, claimed: Claimed, job: Job) -> None:
         """Park a job delivered ``max_attempts`` times without finishing: it fails, the others go on."""
@@ -431,55 +465,42 @@ class Worker:
             f.rows = stepped[k : k + len(f.rows)]
             k += len(f.rows)
         self._cancel_flags = self.store.set_progress({f.job.id: f.step for f in flights})
-        for f in flights:
-            if f.done:
-                self._finish_succeeded(f)
+        finished = [f for f in flights if f.done]
+        if finished:
+            self._finish_succeeded(*finished)
         self._metrics.step(len(rows), stats.last_rows, stats.last_seconds, time.perf_counter() - started)
 
-    def _finish_succeeded(self, f: InFlight) -> None:
-        """Images, then the status, then the ack: each job succeeds once, with one set of images.
+    def _finish_succeeded(self, *flights: InFlight) -> None:
+        """Images with the status, then the ack: each job succeeds once, with one set of images.
 
         Two workers can hold the same job (one paused past its lease, or cut off from Redis,
-        while the other reclaimed it). The images are written only while the job is running,
-        in the same step as that check, and the status is a compare-and-set, so the first to
-        finish wins and the other changes nothing. A crash after the status and before the ack
-        is harmless: whoever gets the entry next finds the job terminal and acks it.
+        while the other reclaimed it). Images and status are written in one step, and only
+        while the job is running, so the first to finish wins and the other changes nothing.
+        A crash after that and before the ack is harmless: whoever gets the entry next finds
+        the job terminal and acks it. All the jobs finishing at one step share one round trip
+        for their results and one for their acks.
         """
-        pngs = [encode_png(to_uint8(r.x)) for r in f.rows]
-        current = self.store.get(f.job.id)
-        done = None
-        if (
-            current is not None
-            and current.status == Status.RUNNING
-            and self.store.put_images_if_running(f.job.id, pngs)
-        ):
+        now = time.time()
+        results = []
+        for f in flights:
+            pngs = [encode_png(to_uint8(r.x)) for r in f.rows]
             done = transition(
-                current,
-                Status.SUCCEEDED,
-                time.time(),
-                step=f.step,
-                image_count=len(pngs),
-                worker=self.worker_id,
+                f.job, Status.SUCCEEDED, now, step=f.step, image_count=len(pngs), worker=self.worker_id
             )
-            if not self.store.save_transition(current, done):
-                done = None
-                self._discard_images(f.job.id)
-        if done is not None:
-            self._metrics.finished_job(done)
-            log.info("job state", extra={"job_id": f.job.id, "status": "succeeded"})
-        else:  # finished by another worker, cancelled at the last step, expired or gone
-            log.info("result not stored", extra={"job_id": f.job.id, "worker": self.worker_id})
+            results.append((f.job, done, pngs))
+        stored = self.store.store_results(results)
+        for f, (_, done, _), ok in zip(flights, results, stored, strict=True):
+            if ok:
+                self._metrics.finished_job(done)
+                log.info("job state", extra={"job_id": f.job.id, "status": "succeeded"})
+            else:  # finished by another worker, cancelled at the last step, expired or gone
+                log.info("result not stored", extra={"job_id": f.job.id, "worker": self.worker_id})
         self.failpoints.hit(failpoints.AFTER_STORE_BEFORE_ACK)
-        self._done_with(f.claimed, f.job.id, finished=done is not None)
-        self.active.pop(f.job.id, None)
-
-    def _discard_images(self, job_id: str) -> None:
-        """Our images landed just before the job left ``running`` another way. Remove them only if
-        it ended without success: a worker that won meanwhile wrote the same bytes (same request,
-        same seeds) before its status changed, and they are its result now."""
-        current = self.store.get(job_id)
-        if current is not None and current.terminal and current.status != Status.SUCCEEDED:
-            self.store.delete_images(job_id)
+        self.store.ack(self.model, [f.claimed for f, ok in zip(flights, stored, strict=True) if ok])
+        for f, ok in zip(flights, stored, strict=True):
+            if not ok:
+                self._done_with(f.claimed, f.job.id)
+            self.active.pop(f.job.id, None)
 
     def _finish_failed(self, f: InFlight, kind: ErrorType, message: str) -> None:
         current = self.store.get(f.job.id) or f.job

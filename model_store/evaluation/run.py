@@ -23,7 +23,7 @@ from model_store.evaluation.classifier import (
     frechet_distance,
     train_classifier,
 )
-from model_store.manifest import MANIFEST_NAME, Manifest
+from model_store.manifest import BASE_VARIANT, MANIFEST_NAME, Manifest
 from model_store.store import ModelStore, read_manifest
 from model_store.training.data import load_mnist
 from sampling.denoise import sample_to_completion, start_row, to_uint8
@@ -118,10 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="fewer configurations (no DDPM-1000)")
     p.add_argument("--cache", type=Path, default=Path("var/eval"))
     p.add_argument("--store", type=Path, default=None, help="model store root; default the shipped one")
+    p.add_argument(
+        "--variant",
+        default="fp32",
+        help="model variant to measure (fp32: the base file, whose figures fill the model card; "
+        "another variant's go into its manifest entry only)",
+    )
     a = p.parse_args(argv)
 
     stored = (ModelStore(a.store) if a.store else ModelStore()).get(a.model)
-    engine = Engine(stored.verify(), stored.manifest)
+    engine = Engine(stored.verify(a.variant), stored.manifest)
     classifier = train_classifier(a.cache / "classifier.pt")
     x_test, y_test = load_mnist("test")
     test_feats, test_pred = features_and_labels(classifier, x_test)
@@ -132,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
 
     labels = np.repeat(np.arange(10), a.per_class)
     configs = [c for c in DEFAULT_CONFIGS if not (a.quick and c.sampler == "ddpm")]
-    cache_path = a.cache / f"results-{stored.manifest.sha256[:16]}-{a.per_class}.json"
+    _, sha256 = stored.manifest.variant_file(a.variant)
+    cache_path = a.cache / f"results-{sha256[:16]}-{a.per_class}.json"
     cache: dict[str, dict] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     results = []
     for cfg in configs:
@@ -155,11 +162,6 @@ def main(argv: list[str] | None = None) -> None:
         results.append(row)
         print(json.dumps(row), flush=True)
 
-    defaults = stored.manifest.sampling
-    grid_cfg = EvalConfig(defaults.default_sampler, defaults.default_steps, defaults.default_guidance_scale)
-    save_grid(
-        generate(engine, grid_cfg, np.repeat(np.arange(10), 10), seed=7), 10, stored.directory / "samples.png"
-    )
     quality = {
         "samples_per_configuration": n,
         "classifier_test_accuracy": round(classifier_acc, 4),
@@ -168,6 +170,16 @@ def main(argv: list[str] | None = None) -> None:
     }
     manifest_path = stored.directory / MANIFEST_NAME
     data = json.loads(manifest_path.read_text())
+    if a.variant != BASE_VARIANT:
+        data["variants"][a.variant]["quality"] = quality
+        manifest_path.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote the {a.variant} figures into {manifest_path}")
+        return
+    defaults = stored.manifest.sampling
+    grid_cfg = EvalConfig(defaults.default_sampler, defaults.default_steps, defaults.default_guidance_scale)
+    save_grid(
+        generate(engine, grid_cfg, np.repeat(np.arange(10), 10), seed=7), 10, stored.directory / "samples.png"
+    )
     data["quality"] = quality
     manifest_path.write_text(json.dumps(data, indent=2) + "\n")
     card = stored.directory / "README.md"

@@ -97,3 +97,43 @@ def test_bucket_sessions_on_cpu_match_the_plain_path(plain: Engine, bound: Engin
         for i in range(rows):
             assert got[i].tobytes() == want[i].tobytes(), (rows, i)
     assert bucketed.built == [2, 4, 8]
+
+
+def test_padded_engine_matches_the_plain_path_and_warms_every_bucket(plain: Engine) -> None:
+    """Padding without graphs (the CUDA default), forced on here: rows equal the unpadded ones;
+    warm_up runs each bucket once without counting as calls; use_buckets switches the set."""
+    engine = Engine(
+        STORED.verify(),
+        M,
+        EngineOptions(providers=(CPU,), intra_op_threads=1, pad_to_buckets=True, buckets=(2, 8)),
+    )
+    assert engine.padded and engine.buckets == (2, 8)
+    assert engine.warm_up() > 0 and engine.stats.calls == 0
+    for rows in (1, 3, 8, 9):  # 9 is above the largest bucket: unpadded
+        x, t, y = batch(rows, seed=11)
+        assert engine.run(x, t, y).tobytes() == plain.run(x, t, y).tobytes(), rows
+    assert engine.stats.rows == 1 + 3 + 8 + 9  # real rows, not padded ones
+    engine.use_buckets((16,))
+    x, t, y = batch(5, seed=12)
+    assert engine.run(x, t, y).tobytes() == plain.run(x, t, y).tobytes()
+
+
+def test_unpadded_engine_does_not_warm_up(plain: Engine) -> None:
+    assert not plain.padded
+    calls = plain.stats.calls
+    plain.warm_up()
+    assert plain.stats.calls == calls
+
+
+def test_fp16_variant_runs_the_same_contract_within_fp16_precision(plain: Engine) -> None:
+    """The fp16 file takes and returns float32 (it casts inside) and agrees with fp32 to the
+    error its export recorded; on CPU its rows do not depend on the batch either."""
+    half = Engine(STORED.verify("fp16"), M, one_thread())
+    spec = M.variants["fp16"]
+    x, t, y = batch(16, seed=5)
+    want, got = plain.run(x, t, y), half.run(x, t, y)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    err = float(np.abs(got - want).max() / np.abs(want).max())
+    assert 0 < err <= 2 * spec.max_relative_error  # fp16 arithmetic, not the fp32 file again
+    alone = half.run(x[:3], t[:3], y[:3])
+    assert alone.tobytes() == got[:3].tobytes()

@@ -30,19 +30,29 @@ def test_images_are_written_only_while_the_job_runs(valkey: str, prefix: str) ->
     store = RedisStore(valkey, prefix=prefix)
     job = queued(1)
     store.submit(job)
-    assert not store.put_images_if_running(job.id, [b"early"])
-    assert store.get_image(job.id, 0) is None
-
+    early = transition(job, Status.FAILED, time.time())  # any change from "queued": not ours to store
     running = transition(job, Status.RUNNING, time.time(), worker="w")
-    assert store.save_transition(job, running)
-    assert store.put_images_if_running(job.id, [b"a", b"b"])
-    assert store.put_images_if_running(job.id, [b"c", b"d"])  # a rerun replaces, never adds
-    done = transition(running, Status.SUCCEEDED, time.time(), image_count=2)
-    assert store.save_transition(running, done)
+    assert store.store_results([(running, early, [b"early"])]) == [False]
+    assert store.get_image(job.id, 0) is None and store.get(job.id).status == Status.QUEUED  # type: ignore[union-attr]
 
-    assert not store.put_images_if_running(job.id, [b"late"])
-    assert images(store, job) == [b"c", b"d", None]
-    assert not store.put_images_if_running(new_job_id(), [b"x"])  # no record: nothing written
+    assert store.save_transition(job, running)
+    done = transition(running, Status.SUCCEEDED, time.time(), image_count=2, worker="w")
+    other = queued(2)  # no record stored: nothing written for it, and the first result stands
+    ghost = transition(other, Status.RUNNING, time.time(), worker="w")
+    ok = store.store_results(
+        [(running, done, [b"a", b"b"]), (ghost, transition(ghost, Status.SUCCEEDED, time.time()), [b"x"])]
+    )
+    assert ok == [True, False]
+    stored = store.get(job.id)
+    assert stored is not None and stored.status == Status.SUCCEEDED and stored.image_count == 2
+    assert images(store, job) == [b"a", b"b", None]
+    assert store.get_image(other.id, 0) is None
+
+    # A second worker finishing the same run late: status and images stay the first one's.
+    late = transition(running, Status.SUCCEEDED, time.time(), image_count=1, worker="late")
+    assert store.store_results([(running, late, [b"late"])]) == [False]
+    assert images(store, job) == [b"a", b"b", None]
+    assert store.get(job.id).worker == "w"  # type: ignore[union-attr]
 
 
 def finished_rows(worker: Worker, job: Job, seed: int) -> InFlight:

@@ -9,6 +9,7 @@ import numpy as np
 
 from model_store.store import ModelStore
 from model_store.training.export import export
+from model_store.training.half import MAX_RELATIVE_ERROR, export_fp16
 from model_store.training.train import TrainConfig, train
 from model_store.training.unet import UNetConfig
 from sampling.schedule import ScheduleConfig
@@ -34,6 +35,17 @@ def test_smoke_train_export_and_load(tmp_path: Path) -> None:
     engine = Engine(stored.verify(), stored.manifest)
     x = np.zeros((2, 1, 28, 28), np.float32)
     assert engine.run(x, np.array([3.5, 999.0], np.float32), np.array([1, 10])).shape == (2, 1, 28, 28)
+
+    # The fp16 variant: written beside, listed in the manifest, checked against fp32, loadable.
+    spec = export_fp16(stored)
+    assert spec.file == "model.fp16.onnx" and spec.compute_dtype == "float16"
+    assert 0 < spec.max_relative_error <= MAX_RELATIVE_ERROR
+    again = ModelStore(tmp_path / "store").get("tiny")
+    assert again.manifest.variants["fp16"] == spec and again.manifest.variant_names == ["fp32", "fp16"]
+    half = Engine(again.verify("fp16"), again.manifest)
+    out16 = half.run(x, np.array([3.5, 999.0], np.float32), np.array([1, 10]))
+    assert out16.dtype == np.float32 and out16.shape == (2, 1, 28, 28)
+    assert export_fp16(again).sha256 == spec.sha256  # the conversion is deterministic
 
 
 def test_training_is_reproducible_from_the_seed(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from workers.batching import BatchPolicy, admit, free_rows, keep_gathering, tick_rows
 from workers.calibration import measure_curve
+from workers.worker import claim_count
 
 P = BatchPolicy(max_rows=16, max_wait_s=0.05)
 
@@ -68,3 +69,7 @@ def test_measured_curve_of_a_stub_engine_finds_its_knee() -> None:
     assert list(curve) == [1, 8, 64, 512]
     assert curve[1] < curve[8] < curve[64] < curve[512]
     assert tick_rows(curve, gain=1.0) == 64  # 64 rows: ~12,000 rows/s; 512: ~19,000, under 2x
+
+
+def test_claims_ask_for_what_the_free_rows_could_run() -> None:
+    assert [claim_count(free) for free in (1, 2, 3, 10, 128, 129, 4096)] == [1, 1, 1, 5, 64, 64, 64]

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.buckets import bucket_for, check_buckets, default_buckets, pad_rows, run_bucketed, unpad_rows
+from workers.buckets import (
+    bucket_for,
+    check_buckets,
+    default_buckets,
+    pad_rows,
+    run_bucketed,
+    unpad_rows,
+    worker_buckets,
+)
 
 BUCKETS = (1, 2, 4, 8, 16)
 
@@ -111,3 +119,13 @@ def test_run_bucketed_sends_oversize_calls_unpadded_to_the_fallback() -> None:
     assert (calls, fallback_calls) == ([], [20])
     run_bucketed(_rowwise, BUCKETS, x, t, y)  # no fallback given: the same run, unpadded
     assert calls == [20]
+
+
+def test_worker_buckets_by_mode_and_device() -> None:
+    assert worker_buckets("pow2", 48, "cuda") == (1, 2, 4, 8, 16, 32, 48)
+    assert worker_buckets("fixed", 48, "cpu") == (48,)
+    # auto: one shape on CUDA (its results vary with the batch size), powers of two elsewhere
+    assert worker_buckets("auto", 1024, "cuda") == (1024,)
+    assert worker_buckets("auto", 8, "cpu") == (1, 2, 4, 8)
+    with pytest.raises(ValueError, match="unknown bucket mode"):
+        worker_buckets("sometimes", 8, "cpu")

@@ -94,3 +94,45 @@ def test_unknown_model_or_version() -> None:
         ModelStore().get("no-such-model")
     with pytest.raises(ModelStoreError, match="not found"):
         ModelStore().get(SHIPPED.manifest.name, "999")
+
+
+def test_shipped_fp16_variant_verifies() -> None:
+    m = SHIPPED.manifest
+    assert m.variant_names == ["fp32", "fp16"]
+    path = SHIPPED.verify("fp16")
+    assert path.name == m.variants["fp16"].file and sha256_file(path) == m.variants["fp16"].sha256
+
+
+def test_variant_checksum_and_name_are_checked(store_copy: Path) -> None:
+    with (store_copy / "model.fp16.onnx").open("r+b") as f:
+        f.seek(500)
+        byte = f.read(1)
+        f.seek(500)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    stored = read_manifest(store_copy)
+    assert stored.verify() == stored.path  # the fp32 file is untouched
+    with pytest.raises(ChecksumMismatch, match=r"model\.fp16\.onnx"):
+        stored.verify("fp16")
+    with pytest.raises(ModelStoreError, match="no variant 'int8'"):
+        stored.verify("int8")
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("fp32", "manifest's own file"),
+        ("FP16!", "variant name"),
+    ],
+)
+def test_invalid_variant_names_are_rejected(store_copy: Path, variant: str, message: str) -> None:
+    spec = SHIPPED.manifest.variants["fp16"].model_dump()
+    edit_manifest(store_copy, variants={variant: spec})
+    with pytest.raises(ModelStoreError, match=message):
+        read_manifest(store_copy)
+
+
+def test_a_variant_cannot_share_the_base_file(store_copy: Path) -> None:
+    spec = {**SHIPPED.manifest.variants["fp16"].model_dump(), "file": "model.onnx"}
+    edit_manifest(store_copy, variants={"fp16": spec})
+    with pytest.raises(ModelStoreError, match="its own file"):
+        read_manifest(store_copy)
