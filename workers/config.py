@@ -44,6 +44,14 @@ class WorkerSettings(CommonSettings):
     poll_ms: int = Field(
         default=1000, ge=10, le=60_000, description="How long an idle worker blocks on the queue."
     )
+    progress_interval_ms: int = Field(
+        default=50,
+        ge=0,
+        le=60_000,
+        description="Write running jobs' steps (and read their cancel requests) at most this often; "
+        "0 = every step. Each write waits for Redis's fsync: a few ms per step that short jobs on "
+        "fast hardware would feel.",
+    )
     lease_seconds: float = Field(
         default=30.0,
         gt=0,

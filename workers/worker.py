@@ -86,6 +86,7 @@ class Worker:
         self.last_tick: float | None = None  # monotonic time the loop last went round
         self._cancel_flags: set[str] = set()  # cancels requested, as of the last progress write
         self._queue_empty_at = 0.0  # monotonic time a claim last came back empty
+        self._last_progress = 0.0  # monotonic time of the last progress write
         self.policy = BatchPolicy(self.settings.max_batch_rows, self.settings.max_wait_ms / 1000)
         self.active: dict[str, InFlight] = {}
         self.waiting: list[tuple[Claimed, Job]] = []
@@ -464,7 +465,11 @@ class Worker:
         for f in flights:
             f.rows = stepped[k : k + len(f.rows)]
             k += len(f.rows)
-        self._cancel_flags = self.store.set_progress({f.job.id: f.step for f in flights})
+        running = [f for f in flights if not f.done]  # the finished ones' steps go with their results
+        now = time.monotonic()
+        if running and now - self._last_progress >= self.settings.progress_interval_ms / 1000:
+            self._cancel_flags = self.store.set_progress({f.job.id: f.step for f in running})
+            self._last_progress = now
         finished = [f for f in flights if f.done]
         if finished:
             self._finish_succeeded(*finished)
