@@ -75,7 +75,9 @@ class State:
             raise ValueError(f"default model {self.default_model!r} is not in the model store")
 
 
-def get_state(request: Request) -> State:
+# Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in the thread pool,
+# a hop per dependency per request, and these do no I/O.
+async def get_state(request: Request) -> State:
     state: State = request.app.state.diffq
     return state
 
@@ -86,7 +88,7 @@ StateDep = Annotated[State, Depends(get_state)]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
-def get_owner(
+async def get_owner(
     state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
     """Who is asking: the name of their API key (everyone is ``anonymous`` with auth off)."""
@@ -166,12 +168,14 @@ def _add_routes(app: FastAPI) -> None:
         response: Response,
         idempotency_key: IdempotencyKey = None,
         prefer: PreferHeader = None,
-    ) -> JobView:
+    ) -> Response:
         """Queue a generation job. Answers at once with the job and its Location."""
         settings = state.settings
         req = resolve(body, state.models, state.default_model)
         job = Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time(), owner=owner)
-        fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        fingerprint = (
+            hashlib.sha256(body.model_dump_json().encode()).hexdigest() if idempotency_key is not None else ""
+        )
         submitted = state.store.submit(job, state.limits, idempotency_key, fingerprint)
         if submitted.replay_of is not None:
             if not submitted.same_request:
@@ -186,15 +190,16 @@ def _add_routes(app: FastAPI) -> None:
         waited = _wait_then_load(state, job, owner, prefer, response)
         # A new job's position came back with the submission: no second round trip.
         position = submitted.position if waited is job else _position(state, waited)
-        return job_view(waited, position=position, base=settings.public_base_url)
+        return _json(job_view(waited, position=position, base=settings.public_base_url), response, 202)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
     def get_job(
         job_id: str, state: StateDep, owner: OwnerDep, response: Response, prefer: PreferHeader = None
-    ) -> JobView:
+    ) -> Response:
         """The job's status, progress, timings and image URLs."""
         job = _wait_then_load(state, _load(state, job_id, owner), owner, prefer, response)
-        return job_view(job, position=_position(state, job), base=state.settings.public_base_url)
+        view = job_view(job, position=_position(state, job), base=state.settings.public_base_url)
+        return _json(view, response)
 
     @app.get(
         "/v1/jobs/{job_id}/images/{index}",
@@ -294,6 +299,15 @@ def _position(state: State, job: Job) -> int | None:
     if job.status != Status.QUEUED or job.entry_id is None:
         return None
     return state.store.queue_position(job.request.model, job.entry_id, job.request.priority)
+
+
+def _json(view: JobView, headers_from: Response, status: int = 200) -> Response:
+    """``view`` as the answer, serialized once: FastAPI would validate a returned model against
+    ``response_model`` again first (``response_model`` still documents the route). Headers the
+    route set on its ``Response`` parameter are carried over."""
+    out = Response(view.model_dump_json(), status_code=status, media_type="application/json")
+    out.headers.raw.extend(headers_from.headers.raw)
+    return out
 
 
 def _error_response(status: int, body: dict[str, Any], retry_after: float | None = None) -> JSONResponse:
