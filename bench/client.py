@@ -67,6 +67,17 @@ class Api:
             raise RuntimeError(f"submit answered {r.status_code}: {r.text[:300]}")
         return str(r.json()["id"])
 
+    def run(self, job: Request) -> dict[str, Any]:
+        """Submit and wait in one request (``Prefer: wait`` on the POST); jobs still running
+        when the gateway answers (or a gateway without the option) are waited for as usual."""
+        r = self.http.post("/v1/jobs", json=job.body(), headers={"Prefer": f"wait={WAIT_SECONDS}"})
+        if r.status_code != 202:
+            raise RuntimeError(f"submit answered {r.status_code}: {r.text[:300]}")
+        view: dict[str, Any] = r.json()
+        if "preference-applied" in r.headers:
+            self.prefer_wait = True
+        return view if view["status"] in TERMINAL else self.wait(str(view["id"]))
+
     def submit_all(self, jobs: Sequence[Request], threads: int = 4) -> list[str]:
         """Submit as fast as ``threads`` connections allow; ids in the jobs' order."""
         with ThreadPoolExecutor(threads) as pool:

@@ -1,8 +1,9 @@
 """Figure 4: what the service adds to one job on an idle stack.
 
-Each repetition submits the job and waits for it (``Prefer: wait`` when the gateway has it,
-else fast polling), timed by the client from before the ``POST`` to the answer that says
-``succeeded``; then runs the same request in this process (``bench.inprocess``, PNG included).
+Each repetition submits the job and waits for it in the same request (``Prefer: wait`` on the
+``POST``; a gateway without it is polled), timed by the client from before the ``POST`` to the
+answer that says ``succeeded``; then runs the same request in this process
+(``bench.inprocess``, PNG included).
 The overhead is the median of the paired differences. Each side starts after a short pause
 (``QUIET_SECONDS``), so it runs on an otherwise idle stack.
 """
@@ -39,13 +40,13 @@ def measure_overhead(stack: BenchStack, engine: Engine, repetitions: int) -> Ove
     fast = Api(stack.base_url, poll_seconds=0.002)
     try:
         for _ in range(2):  # warm both paths: connections, plans, onnxruntime at this batch size
-            fast.wait(fast.submit(JOB))
+            fast.run(JOB)
             run_jobs(engine, [JOB], stack.tick_rows)
         e2e, local, views = [], [], []
         for _ in range(repetitions):
             time.sleep(QUIET_SECONDS)
             started = time.perf_counter()
-            view = fast.wait(fast.submit(JOB))
+            view = fast.run(JOB)
             e2e.append(1000 * (time.perf_counter() - started))
             views.append(Finished.from_view(view))
             time.sleep(QUIET_SECONDS)

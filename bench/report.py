@@ -255,7 +255,7 @@ def _overhead(r: Results) -> list[str]:
     if o is None:
         return []
     waiting = (
-        "`GET /v1/jobs/{id}` with `Prefer: wait` (the gateway answers when the job ends)"
+        "`Prefer: wait` on the `POST` itself (one request: the gateway answers when the job ends)"
         if o.prefer_wait
         else "polling `GET /v1/jobs/{id}` every 2 ms (the gateway has no `Prefer: wait`)"
     )

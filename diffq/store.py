@@ -19,6 +19,7 @@ status change.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -57,8 +58,9 @@ end
 # KEYS: job, stream, owner's in-flight set, model's work counter, idempotency key, owner's
 #       rate bucket, then the model's streams of higher priority.
 # ARGV: job id, ttl, work, now, max in flight, max work, use idempotency ('1'/''),
-#       fingerprint, tokens per second (0: no limit), burst, group, then the record's
-#       field/value pairs.
+#       fingerprint, tokens per second (0: no limit), burst, group, the model's new-work
+#       channel (announced to busy workers, see ``NewWork``), then the record's field/value
+#       pairs.
 _SUBMIT = (
     _GROUP_FIELDS
     + """
@@ -87,8 +89,9 @@ local queued = tonumber(redis.call('GET', KEYS[4]) or '0')
 if tonumber(ARGV[6]) > 0 and queued + tonumber(ARGV[3]) > tonumber(ARGV[6]) then
   return {'overloaded', tostring(queued)}
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 12))
+redis.call('HSET', KEYS[1], unpack(ARGV, 13))
 local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1], 'work', ARGV[3])
+redis.call('PUBLISH', ARGV[12], entry)
 redis.call('HSET', KEYS[1], 'entry', entry)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[3], now, ARGV[1])
@@ -155,20 +158,23 @@ return transition(n + 1)
 """
 )
 
-# Claim from the first of the model's priority streams (KEYS, high first) that has new
-# entries: up to ARGV[3] of them for consumer ARGV[2] of group ARGV[1], as {priority, id,
-# fields} triples, or an empty list. Never blocks (the caller blocks across all streams).
+# Claim up to ARGV[3] new entries for consumer ARGV[2] of group ARGV[1] from the model's
+# priority streams (KEYS, high first): the higher streams' entries first, then the next
+# stream's while fewer than ARGV[3] were found; as {priority, id, fields} triples. Never blocks
+# (the caller blocks across all streams).
 _CLAIM_NEXT = """
+local out = {}
+local want = tonumber(ARGV[3])
 for _, stream in ipairs(KEYS) do
-  local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', stream, '>')
-  if res and res[1] and #res[1][2] > 0 then
+  if #out >= want then break end
+  local res = redis.call(
+    'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want - #out, 'STREAMS', stream, '>')
+  if res and res[1] then
     local priority = string.match(stream, ':([^:]+)$')
-    local out = {}
     for _, e in ipairs(res[1][2]) do table.insert(out, {priority, e[1], e[2]}) end
-    return out
   end
 end
-return {}
+return out
 """
 
 # Renew a lease: reset the idle time of the entries (ARGV[3..]) that consumer ARGV[2] still
@@ -299,6 +305,39 @@ class Submitted:
     same_request: bool = True  # for a replay: was the request the same as the first time?
 
 
+class NewWork:
+    """Announcements of new submissions for one model, read without a round trip.
+
+    A busy worker looks for newcomers between steps; asking the queue every step costs a
+    round trip per step, which on fast hardware is a large part of a step. The submit script
+    publishes each new entry on the model's channel instead, and ``arrived`` only reads what
+    this connection already received. Announcements are a hint, never the queue itself: one
+    missed (a reconnect, a subscription not yet active) only delays a claim until the
+    worker's periodic look at the queue.
+    """
+
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    def arrived(self) -> bool:
+        """Whether anything was announced since the last call; never blocks. True when the
+        connection failed, so the caller asks the queue itself (and meets the outage there)."""
+        got = False
+        try:
+            for _ in range(10_000):  # drain what is buffered, not what keeps coming
+                message = self._pubsub.get_message(timeout=0)
+                if message is None:
+                    break
+                got = True
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            return True
+        return got
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._pubsub.close()
+
+
 class RedisStore:
     def __init__(
         self, url: str, prefix: str = "diffq", ttl_seconds: int = 3600, timeout: float = 2.0
@@ -350,6 +389,9 @@ class RedisStore:
     def _rate(self, owner: str) -> str:
         return f"{self.prefix}:rate:{owner}"
 
+    def _new_work_channel(self, model: str) -> str:
+        return f"{self.prefix}:new:{model}"
+
     def _done_channel(self, job_id: str) -> str:
         return f"{self.prefix}:done:{job_id}"
 
@@ -398,6 +440,7 @@ class RedisStore:
             limits.rate_per_second,
             limits.burst,
             GROUP,
+            self._new_work_channel(job.request.model),
         ]
         for k, v in _encode(job).items():
             args += [k, v]
@@ -459,12 +502,8 @@ class RedisStore:
         """``save_transition`` for many jobs in one round trip; each is its own compare-and-set."""
         if not changes:
             return []
-        with _unavailable():
-            pipe = self._r.pipeline(transaction=False)
-            for before, after in changes:
-                keys, args = self._transition_call(before, after)
-                self._transition(keys=keys, args=args, client=pipe)
-            results = pipe.execute()
+        calls = [self._transition_call(before, after) for before, after in changes]
+        results = self._script_many(self._transition, calls)
         return [r is not None and _s(r) == "OK" for r in results]
 
     def store_results(self, results: Sequence[tuple[Job, Job, Sequence[bytes]]]) -> list[bool]:
@@ -473,13 +512,33 @@ class RedisStore:
         written, for a job that is terminal, back in the queue or gone."""
         if not results:
             return []
-        with _unavailable():
-            pipe = self._r.pipeline(transaction=False)
-            for before, after, pngs in results:
-                keys, args = self._transition_call(before, after)
-                self._store_result(keys=keys, args=[len(pngs), *pngs, *args], client=pipe)
-            replies = pipe.execute()
+        calls = []
+        for before, after, pngs in results:
+            keys, args = self._transition_call(before, after)
+            calls.append((keys, [len(pngs), *pngs, *args]))
+        replies = self._script_many(self._store_result, calls)
         return [r is not None and _s(r) == "OK" for r in replies]
+
+    def _script_many(self, script: Any, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """One script over many (keys, args) in one round trip.
+
+        ``EVALSHA`` straight into the pipeline: redis-py's own script support would first ask
+        ``SCRIPT EXISTS`` on every execute, a second round trip. A server that lost its script
+        cache (a restart) answers NOSCRIPT to the first call and runs none of them: load it
+        and send them again.
+        """
+        with _unavailable():
+            for attempt in (1, 2):
+                pipe = self._r.pipeline(transaction=False)
+                for keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                try:
+                    return list(pipe.execute())
+                except redis.exceptions.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    self._r.script_load(script.script)
+        raise AssertionError("unreachable")
 
     def _transition_call(self, before: Job, after: Job) -> tuple[list[str], list[Any]]:
         """The keys and arguments of the transition script for ``before`` -> ``after``."""
@@ -526,6 +585,13 @@ class RedisStore:
                         return
             finally:
                 pubsub.close()
+
+    def new_work(self, model: str) -> NewWork:
+        """A subscription to the model's submissions (see ``NewWork``)."""
+        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+        with _unavailable():
+            pubsub.subscribe(self._new_work_channel(model))
+        return NewWork(pubsub)
 
     def set_progress(self, steps: dict[str, int]) -> set[str]:
         """Record each running job's step, and return the jobs whose cancel was requested:
@@ -574,10 +640,10 @@ class RedisStore:
                     raise
 
     def claim(self, model: str, consumer: str, count: int, block_ms: int | None) -> list[Claimed]:
-        """Up to ``count`` new entries for this consumer, from the highest priority that has
-        any. With ``block_ms``, waits that long (at most half the socket timeout: an empty
-        answer just means "poll again") when all are empty; what then arrives first is taken,
-        at most ``count`` per priority."""
+        """Up to ``count`` new entries for this consumer, higher priorities first: fewer than
+        ``count`` means the streams had no more. With ``block_ms``, waits that long (at most
+        half the socket timeout: an empty answer just means "poll again") when all are empty;
+        what then arrives first is taken, at most ``count`` per priority."""
         if count <= 0:
             return []
         streams = [self._queue(model, p) for p in PRIORITIES]

@@ -23,7 +23,7 @@ from PIL import Image
 from diffq import failpoints
 from diffq.failpoints import Failpoints
 from diffq.jobs import PRIORITIES, ErrorType, Job, JobError, Status, expire, image_seed, transition
-from diffq.store import Claimed, RedisStore
+from diffq.store import Claimed, NewWork, RedisStore
 from model_store.manifest import Manifest
 from sampling.denoise import RowState, denoise_step, start_row, to_uint8
 from sampling.registry import get_plan
@@ -39,7 +39,9 @@ log = logging.getLogger("diffq.worker")
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
 GATHER_POLL_SECONDS = 0.001  # how often an idle worker looks for more jobs while it gathers
-CLAIM_EVERY_SECONDS = 0.005  # a busy worker's claims, after one found the queue empty
+# A busy worker that found the queue empty claims again once a submission is announced
+# (``RedisStore.new_work``), and without one at most this often (announcements are a hint).
+CLAIM_EVERY_SECONDS = 0.1
 
 
 def claim_count(free_rows: int) -> int:
@@ -87,6 +89,7 @@ class Worker:
         self._cancel_flags: set[str] = set()  # cancels requested, as of the last progress write
         self._queue_empty_at = 0.0  # monotonic time a claim last came back empty
         self._last_progress = 0.0  # monotonic time of the last progress write
+        self._news: NewWork | None = None  # submissions announced to this worker
         self.policy = BatchPolicy(self.settings.max_batch_rows, self.settings.max_wait_ms / 1000)
         self.active: dict[str, InFlight] = {}
         self.waiting: list[tuple[Claimed, Job]] = []
@@ -178,6 +181,9 @@ class Worker:
         ``_finish_succeeded``); it only saves work.
         """
         self.store.ensure_group(self.model)
+        if self._news is not None:
+            self._news.close()
+        self._news = self.store.new_work(self.model)
         if self.active:
             flights = list(self.active.values())
             records = self.store.get_many([f.job.id for f in flights])
@@ -209,6 +215,8 @@ class Worker:
 
     def _leave(self) -> None:
         """Leave the live-worker list; with Redis down, the last heartbeat just ages out."""
+        if self._news is not None:
+            self._news.close()
         with contextlib.suppress(*RedisStore.UNREACHABLE):
             self.store.remove_worker(self.model, self.worker_id)
 
@@ -258,11 +266,16 @@ class Worker:
         if self.settings.batching == "request" and self.active:
             return  # request-level batching: the next batch forms only once this one is done
         if not self.active and not self.waiting:
-            got = self._claim(self.settings.poll_ms)
+            count = claim_count(free_rows(self.policy, 0))
+            got = self._claim(self.settings.poll_ms, count)
             if not got:
                 return
             self.waiting += got
             started = time.monotonic()
+            if len(got) < count:  # the queue had no more: newcomers will be announced
+                self._queue_empty_at = started
+                if self._news is not None:
+                    self._news.arrived()  # what was announced so far is what this claim saw
             # Request-level batches gather for up to max_wait: whoever misses the start waits
             # for the whole batch. Continuous batching takes what is there and starts: a job
             # arriving a moment later joins at the next step. Poll rather than block: Redis
@@ -274,16 +287,21 @@ class Worker:
                     self.waiting += more
                 else:
                     time.sleep(GATHER_POLL_SECONDS)
-        # With a batch running, look for newcomers at most every CLAIM_EVERY_SECONDS once the
-        # queue was found empty: a round trip per step would cost more than the wait.
+        # With a batch running and the queue found empty, claim again once a submission is
+        # announced (no round trip while none is), or after CLAIM_EVERY_SECONDS.
         while (free := free_rows(self.policy, self._held_rows())) > 0:
-            if self.active and time.monotonic() - self._queue_empty_at < CLAIM_EVERY_SECONDS:
+            if (
+                (self.active or self.waiting)
+                and time.monotonic() - self._queue_empty_at < CLAIM_EVERY_SECONDS
+                and not (self._news is None or self._news.arrived())
+            ):
                 break
-            more = self._claim(None, claim_count(free))
-            if not more:
+            count = claim_count(free)
+            more = self._claim(None, count)
+            self.waiting += more
+            if len(more) < count:
                 self._queue_empty_at = time.monotonic()
                 break
-            self.waiting += more
 
     def _claim(self, block_ms: int | None, count: int = 1) -> list[tuple[Claimed, Job]]:
         """Up to ``count`` entries with their records; entries whose job is gone or finished

@@ -6,6 +6,7 @@ import time
 from dataclasses import replace
 
 import pytest
+import redis
 
 from diffq.errors import Unavailable
 from diffq.jobs import Job, JobRequest, Priority, Status, new_job_id, transition
@@ -193,6 +194,36 @@ def test_claims_take_high_before_normal_before_low(store: RedisStore) -> None:
     assert store.claim(MODEL, "w", 1, 50) == []  # blocking on all three, nothing arrives
 
 
+def test_one_claim_spans_priorities_in_order(store: RedisStore) -> None:
+    made = []
+    for priority in (Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.NORMAL):
+        job = new_job()
+        made.append(replace(job, request=replace(job.request, priority=priority)))
+        store.submit(made[-1])
+    low, normal, high, normal2 = made
+    first = store.claim(MODEL, "w", 3, None)
+    assert [c.job_id for c in first] == [high.id, normal.id, normal2.id]
+    rest = store.claim(MODEL, "w", 3, None)
+    assert [c.job_id for c in rest] == [low.id]  # fewer than asked: the streams are drained
+
+
+def test_submissions_are_announced_to_subscribed_workers(store: RedisStore) -> None:
+    news = store.new_work(MODEL)
+    other = store.new_work("another-model")
+    try:
+        deadline = time.monotonic() + 5
+        assert not news.arrived()
+        store.submit(new_job())
+        while not news.arrived():  # delivered asynchronously: within moments
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert not news.arrived()  # drained
+        assert not other.arrived()  # per model
+    finally:
+        news.close()
+        other.close()
+
+
 def test_renew_lets_go_of_entries_another_worker_took(store: RedisStore) -> None:
     a, b = new_job(), new_job()
     store.submit(a)
@@ -205,3 +236,22 @@ def test_renew_lets_go_of_entries_another_worker_took(store: RedisStore) -> None
     assert [c.job_id for c in lost] == [a.id]
     # The renewal did not take a's entry back: "other" still holds it.
     assert store.renew(MODEL, "other", taken) == []
+
+
+def test_batched_transitions_survive_a_lost_script_cache(store: RedisStore, valkey: str) -> None:
+    """A restarted server has no scripts: the batched writes load theirs and go on, each job
+    still its own compare-and-set."""
+    a, b = new_job(1), new_job(2)
+    store.submit(a)
+    store.submit(b)
+    ra = transition(a, Status.RUNNING, time.time(), worker="w")
+    assert store.save_transitions([(a, ra)]) == [True]
+    redis.Redis.from_url(valkey).script_flush()
+    rb = transition(b, Status.RUNNING, time.time(), worker="w")
+    # a is running already: its second queued -> running loses; b's wins
+    assert store.save_transitions([(a, ra), (b, rb)]) == [False, True]
+    redis.Redis.from_url(valkey).script_flush()
+    done = transition(rb, Status.SUCCEEDED, time.time(), image_count=1)
+    assert store.store_results([(rb, done, [b"png"])]) == [True]
+    assert store.get(b.id).status == Status.SUCCEEDED  # type: ignore[union-attr]
+    assert store.get_image(b.id, 0) == b"png"
