@@ -19,6 +19,7 @@ status change.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import redis
+import redis.asyncio
 from redis.exceptions import ResponseError
 
 from diffq.errors import Overloaded, RateLimited, TooManyJobs, Unavailable
@@ -351,6 +353,9 @@ class RedisStore:
         # A blocking read must return before the socket times out, or an idle wait would look
         # like a dead server: cap blocks at half the timeout and let callers poll again.
         self._max_block_ms = max(1, int(timeout * 500))
+        self._url, self._timeout = url, timeout
+        self._aio: Any = None  # the asyncio client, made on first use in its event loop
+        self._aio_loop: asyncio.AbstractEventLoop | None = None
         self._submit = self._r.register_script(_SUBMIT)
         self._transition = self._r.register_script(_TRANSITION)
         self._store_result = self._r.register_script(_STORE_RESULT)
@@ -419,6 +424,40 @@ class RedisStore:
         that this owner used before (within the TTL), nothing is written and the earlier job
         is returned instead; ``fingerprint`` tells whether the request was the same.
         """
+        keys, args = self._submit_call(job, limits, idempotency_key, fingerprint)
+        with _unavailable():
+            reply = self._submit(keys=keys, args=args)
+        return self._submitted(job, reply, fingerprint)
+
+    async def submit_async(
+        self,
+        job: Job,
+        limits: Limits = Limits(),
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+    ) -> Submitted:
+        """``submit`` on an asyncio connection: an async route needs no thread for it."""
+        keys, args = self._submit_call(job, limits, idempotency_key, fingerprint)
+        script = self._async_submit()
+        with _unavailable():
+            reply = await script(keys=keys, args=args)
+        return self._submitted(job, reply, fingerprint)
+
+    def _async_submit(self) -> Any:
+        """The submit script on this event loop's asyncio client (one client per loop: an
+        asyncio connection belongs to the loop that opened it)."""
+        loop = asyncio.get_running_loop()
+        if self._aio is None or self._aio_loop is not loop:
+            self._aio = redis.asyncio.Redis.from_url(
+                self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+            )
+            self._aio_loop = loop
+            self._aio_submit_script = self._aio.register_script(_SUBMIT)
+        return self._aio_submit_script
+
+    def _submit_call(
+        self, job: Job, limits: Limits, idempotency_key: str | None, fingerprint: str
+    ) -> tuple[list[str], list[Any]]:
         keys = [
             self._job(job.id),
             self._queue(job.request.model, job.request.priority),
@@ -444,8 +483,10 @@ class RedisStore:
         ]
         for k, v in _encode(job).items():
             args += [k, v]
-        with _unavailable():
-            outcome, value, *rest = (_s(x) for x in self._submit(keys=keys, args=args))
+        return keys, args
+
+    def _submitted(self, job: Job, reply: Any, fingerprint: str) -> Submitted:
+        outcome, value, *rest = (_s(x) for x in reply)
         if outcome == "replay":
             job_id, _, first_fingerprint = value.partition(" ")
             return Submitted(replay_of=job_id, same_request=first_fingerprint == fingerprint)

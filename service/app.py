@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -161,7 +162,7 @@ def create_app(settings: GatewaySettings, store: RedisStore | None = None) -> Fa
 
 def _add_routes(app: FastAPI) -> None:
     @app.post("/v1/jobs", status_code=202, response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
-    def submit_job(
+    async def submit_job(
         body: JobCreate,
         state: StateDep,
         owner: OwnerDep,
@@ -170,26 +171,33 @@ def _add_routes(app: FastAPI) -> None:
         prefer: PreferHeader = None,
     ) -> Response:
         """Queue a generation job. Answers at once with the job and its Location."""
+        # async: the submission, the busiest path, runs on the event loop with the store's
+        # asyncio connection; the rare blocking steps (a replay's record, a wait) go to threads.
         settings = state.settings
         req = resolve(body, state.models, state.default_model)
         job = Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time(), owner=owner)
         fingerprint = (
             hashlib.sha256(body.model_dump_json().encode()).hexdigest() if idempotency_key is not None else ""
         )
-        submitted = state.store.submit(job, state.limits, idempotency_key, fingerprint)
+        submitted = await state.store.submit_async(job, state.limits, idempotency_key, fingerprint)
         if submitted.replay_of is not None:
             if not submitted.same_request:
                 raise IdempotencyConflict("this Idempotency-Key was used for a different request")
-            job = _load(state, submitted.replay_of, owner)
+            job = await run_in_threadpool(_load, state, submitted.replay_of, owner)
             response.headers["Idempotent-Replayed"] = "true"
         else:
             job = replace(job, entry_id=submitted.entry_id)
             state.metrics.submitted.labels(req.model).inc()
             log.info("job state", extra={"job_id": job.id, "status": "queued", "model": req.model})
         response.headers["Location"] = f"/v1/jobs/{job.id}"
-        waited = _wait_then_load(state, job, owner, prefer, response)
+        waited = job
+        if prefer is not None:
+            waited = await run_in_threadpool(_wait_then_load, state, job, owner, prefer, response)
         # A new job's position came back with the submission: no second round trip.
-        position = submitted.position if waited is job else _position(state, waited)
+        if waited is job and submitted.replay_of is None:
+            position = submitted.position
+        else:
+            position = await run_in_threadpool(_position, state, waited)
         return _json(job_view(waited, position=position, base=settings.public_base_url), response, 202)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
