@@ -12,6 +12,7 @@ import logging
 import numpy as np
 import pytest
 
+from bench.gpu import invariance
 from model_store.store import ModelStore
 from workers.buckets import run_bucketed
 from workers.engine import CPU, Engine, EngineError, EngineOptions
@@ -137,3 +138,15 @@ def test_fp16_variant_runs_the_same_contract_within_fp16_precision(plain: Engine
     assert 0 < err <= 2 * spec.max_relative_error  # fp16 arithmetic, not the fp32 file again
     alone = half.run(x[:3], t[:3], y[:3])
     assert alone.tobytes() == got[:3].tobytes()
+
+
+def test_the_gpu_bench_invariance_check_tells_both_ways(plain: Engine) -> None:
+    """bench.gpu's check (run on the GPU machine) passes the CPU engine, whose rows do not
+    depend on their batch, and fails a denoiser whose rows do."""
+    assert invariance(plain.run, STORED) == (True, 0.0)
+
+    def batch_dependent(x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return plain.run(x, t, y) + np.float32(1e-3) * (len(t) > 1)
+
+    ok, diff = invariance(batch_dependent, STORED)
+    assert not ok and diff > 0
