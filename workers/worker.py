@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -510,7 +510,9 @@ class Worker:
             done = transition(
                 f.job, Status.SUCCEEDED, now, step=f.step, image_count=len(pngs), worker=self.worker_id
             )
-            results.append((f.job, done, pngs))
+            # Diffed against a record without a worker, so the result names this worker even
+            # where another one took the job over meanwhile (only the status is compared).
+            results.append((replace(f.job, worker=None), done, pngs))
         stored = self.store.store_results(results)
         for f, (_, done, _), ok in zip(flights, results, stored, strict=True):
             if ok:

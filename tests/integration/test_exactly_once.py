@@ -95,3 +95,29 @@ def test_a_stalled_worker_finishing_late_changes_nothing(valkey: str, prefix: st
         "diffq_jobs_finished_total", {"model": MODEL, "status": "succeeded"}
     )
     assert not finished
+
+
+def test_the_first_to_finish_a_taken_over_job_is_named_on_its_result(valkey: str, prefix: str) -> None:
+    """A stalled worker whose job another worker took over, finishing first: its result stands
+    (the same bytes the other would write) and the record names it, not the other worker."""
+    store = RedisStore(valkey, prefix=prefix)
+    store.ensure_group(MODEL)
+    job = queued(3)
+    store.submit(job)
+    (claimed,) = store.claim(MODEL, "stalled", 1, None)
+    mine = transition(job, Status.RUNNING, time.time(), worker="stalled")
+    assert store.save_transition(job, mine)
+    # Taken over: back to queued, then running under "other" (which has not finished yet).
+    requeued = transition(mine, Status.QUEUED, time.time())
+    assert store.save_transition(mine, requeued)
+    theirs = transition(requeued, Status.RUNNING, time.time(), worker="other")
+    assert store.save_transition(requeued, theirs)
+
+    stalled = build_worker(worker_settings(valkey, prefix, worker_id="stalled"))
+    flight = finished_rows(stalled, mine, seed=job.request.seed)
+    flight.claimed = claimed
+    stalled.active[job.id] = flight
+    stalled._finish_succeeded(flight)
+    done = store.get(job.id)
+    assert done is not None and done.status == Status.SUCCEEDED and done.worker == "stalled"
+    assert done.attempts == theirs.attempts and done.image_count == 2
