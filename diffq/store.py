@@ -443,9 +443,9 @@ class RedisStore:
             reply = await script(keys=keys, args=args)
         return self._submitted(job, reply, fingerprint)
 
-    def _async_submit(self) -> Any:
-        """The submit script on this event loop's asyncio client (one client per loop: an
-        asyncio connection belongs to the loop that opened it)."""
+    def _async(self) -> Any:
+        """This event loop's asyncio client (one per loop: an asyncio connection belongs to the
+        loop that opened it), with the submit script registered on it."""
         loop = asyncio.get_running_loop()
         if self._aio is None or self._aio_loop is not loop:
             self._aio = redis.asyncio.Redis.from_url(
@@ -453,7 +453,36 @@ class RedisStore:
             )
             self._aio_loop = loop
             self._aio_submit_script = self._aio.register_script(_SUBMIT)
+        return self._aio
+
+    def _async_submit(self) -> Any:
+        self._async()
         return self._aio_submit_script
+
+    async def get_async(self, job_id: str) -> Job | None:
+        """``get`` on the asyncio connection."""
+        with _unavailable():
+            raw = await self._async().hgetall(self._job(job_id))
+        return _decode(job_id, raw) if raw else None
+
+    async def wait_finished_async(self, job_id: str, timeout: float) -> None:
+        """Return once the job is terminal (or gone), or after ``timeout`` seconds.
+
+        Subscribes to the job's channel before reading its status, so a finish between the
+        two is not missed; one pub/sub connection per waiting call, on the event loop (a
+        waiting client holds no thread).
+        """
+        with _unavailable():
+            pubsub = self._async().pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._done_channel(job_id))
+                job = await self.get_async(job_id)
+                deadline = time.monotonic() + timeout
+                while job is not None and not job.terminal and (left := deadline - time.monotonic()) > 0:
+                    if await pubsub.get_message(timeout=min(left, 0.5)) is not None:
+                        return
+            finally:
+                await pubsub.aclose()
 
     def _submit_call(
         self, job: Job, limits: Limits, idempotency_key: str | None, fingerprint: str
@@ -608,24 +637,6 @@ class RedisStore:
             self._done_channel(after.id),
         ]
         return keys, args
-
-    def wait_finished(self, job_id: str, timeout: float) -> None:
-        """Return once the job is terminal (or gone), or after ``timeout`` seconds.
-
-        Subscribes to the job's channel before reading its status, so a finish between the
-        two is not missed; one pub/sub connection per waiting call.
-        """
-        with _unavailable():
-            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(self._done_channel(job_id))
-                job = self.get(job_id)
-                deadline = time.monotonic() + timeout
-                while job is not None and not job.terminal and (left := deadline - time.monotonic()) > 0:
-                    if pubsub.get_message(timeout=min(left, 0.5)) is not None:
-                        return
-            finally:
-                pubsub.close()
 
     def new_work(self, model: str) -> NewWork:
         """A subscription to the model's submissions (see ``NewWork``)."""

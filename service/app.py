@@ -115,7 +115,7 @@ PreferHeader = Annotated[
 _WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+(?:\.\d+)?)")
 
 
-def _wait_then_load(state: State, job: Job, owner: str, prefer: str | None, response: Response) -> Job:
+async def _wait_then_load(state: State, job: Job, owner: str, prefer: str | None, response: Response) -> Job:
     """With ``Prefer: wait=N``, the job once terminal or after N seconds (RFC 7240)."""
     m = _WAIT.search(prefer or "")
     if m is None:
@@ -124,8 +124,8 @@ def _wait_then_load(state: State, job: Job, owner: str, prefer: str | None, resp
     response.headers["Preference-Applied"] = f"wait={wait:g}"
     if job.terminal or wait <= 0:
         return job
-    state.store.wait_finished(job.id, wait)
-    return _load(state, job.id, owner)
+    await state.store.wait_finished_async(job.id, wait)
+    return await _load_async(state, job.id, owner)
 
 
 IdempotencyKey = Annotated[
@@ -171,8 +171,8 @@ def _add_routes(app: FastAPI) -> None:
         prefer: PreferHeader = None,
     ) -> Response:
         """Queue a generation job. Answers at once with the job and its Location."""
-        # async: the submission, the busiest path, runs on the event loop with the store's
-        # asyncio connection; the rare blocking steps (a replay's record, a wait) go to threads.
+        # async: the submission, the busiest path, and a client's wait run on the event loop
+        # with the store's asyncio connection; only rare steps (expiring, positions) use threads.
         settings = state.settings
         req = resolve(body, state.models, state.default_model)
         job = Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time(), owner=owner)
@@ -183,30 +183,28 @@ def _add_routes(app: FastAPI) -> None:
         if submitted.replay_of is not None:
             if not submitted.same_request:
                 raise IdempotencyConflict("this Idempotency-Key was used for a different request")
-            job = await run_in_threadpool(_load, state, submitted.replay_of, owner)
+            job = await _load_async(state, submitted.replay_of, owner)
             response.headers["Idempotent-Replayed"] = "true"
         else:
             job = replace(job, entry_id=submitted.entry_id)
             state.metrics.submitted.labels(req.model).inc()
             log.info("job state", extra={"job_id": job.id, "status": "queued", "model": req.model})
         response.headers["Location"] = f"/v1/jobs/{job.id}"
-        waited = job
-        if prefer is not None:
-            waited = await run_in_threadpool(_wait_then_load, state, job, owner, prefer, response)
+        waited = await _wait_then_load(state, job, owner, prefer, response)
         # A new job's position came back with the submission: no second round trip.
         if waited is job and submitted.replay_of is None:
             position = submitted.position
         else:
-            position = await run_in_threadpool(_position, state, waited)
+            position = await _position_async(state, waited)
         return _json(job_view(waited, position=position, base=settings.public_base_url), response, 202)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
-    def get_job(
+    async def get_job(
         job_id: str, state: StateDep, owner: OwnerDep, response: Response, prefer: PreferHeader = None
     ) -> Response:
         """The job's status, progress, timings and image URLs."""
-        job = _wait_then_load(state, _load(state, job_id, owner), owner, prefer, response)
-        view = job_view(job, position=_position(state, job), base=state.settings.public_base_url)
+        job = await _wait_then_load(state, await _load_async(state, job_id, owner), owner, prefer, response)
+        view = job_view(job, position=await _position_async(state, job), base=state.settings.public_base_url)
         return _json(view, response)
 
     @app.get(
@@ -297,6 +295,24 @@ def _load(state: State, job_id: str, owner: str) -> Job:
             return expired
         return _load(state, job_id, owner)  # it moved on meanwhile: read it again
     return job
+
+
+async def _load_async(state: State, job_id: str, owner: str) -> Job:
+    """``_load`` with the read on the event loop; a job past its deadline is expired by
+    ``_load`` itself, in a thread."""
+    job = await state.store.get_async(job_id) if _valid_id(job_id) else None
+    if job is None or job.owner != owner:
+        raise NotFound(f"job {job_id} not found (unknown or expired)")
+    if not job.terminal and job.past_deadline(time.time()):
+        return await run_in_threadpool(_load, state, job_id, owner)
+    return job
+
+
+async def _position_async(state: State, job: Job) -> int | None:
+    """``_position``; only a queued job's needs Redis (in a thread)."""
+    if job.status != Status.QUEUED or job.entry_id is None:
+        return None
+    return await run_in_threadpool(_position, state, job)
 
 
 def _valid_id(job_id: str) -> bool:
