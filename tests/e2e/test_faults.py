@@ -147,8 +147,15 @@ def test_a_slow_healthy_job_is_never_taken_over(make_stack: Callable[..., Stack]
     stack.start_worker("worker-a")
     stack.start_worker("worker-b")
     stack.wait_ready()
-    # Guided: two rows per step, 1000 steps: several seconds, far past the 1.5 s lease.
-    body = {"class_label": 2, "steps": 1000, "sampler": "ddpm", "guidance_scale": 3.0, "seed": 31}
+    # Two guided images: four rows per step, 1000 steps: several seconds, far past the 1.5 s lease.
+    body = {
+        "class_label": 2,
+        "num_images": 2,
+        "steps": 1000,
+        "sampler": "ddpm",
+        "guidance_scale": 3.0,
+        "seed": 31,
+    }
     store = records(stack)
     with httpx.Client(base_url=stack.base_url, timeout=10) as client:
         job_id = submit(client, body)
