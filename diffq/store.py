@@ -12,6 +12,9 @@ The only module that talks to Redis. Layout (``<p>`` is the key prefix):
 - ``<p>:idem:<owner>:<h>`` the job id (and request fingerprint) an Idempotency-Key created
 - ``<p>:rate:<owner>``     hash: the owner's submission token bucket
 
+Pub/sub channels: ``<p>:done:<id>`` announces a job's terminal status (``Prefer: wait``);
+``<p>:new:<model>`` announces each submission to busy workers (``NewWork``).
+
 Status changes are compare-and-set on the status the caller read, so a worker finishing a job
 and a client cancelling it cannot both win. Records expire ``ttl`` seconds after their last
 status change.
