@@ -90,6 +90,7 @@ class Worker:
         self._queue_empty_at = 0.0  # monotonic time a claim last came back empty
         self._last_progress = 0.0  # monotonic time of the last progress write
         self._news: NewWork | None = None  # submissions announced to this worker
+        self._announced = False  # one was, and no claim has looked since
         self.policy = BatchPolicy(self.settings.max_batch_rows, self.settings.max_wait_ms / 1000)
         self.active: dict[str, InFlight] = {}
         self.waiting: list[tuple[Claimed, Job]] = []
@@ -263,6 +264,11 @@ class Worker:
         and other workers get the rest. An idle worker blocks for the first job, then takes
         what else is waiting (request-level batching also gathers for up to ``max_wait``).
         """
+        # Read the announcements at every pass, claiming or not: left unread while the batch is
+        # full they would pile up in this connection's buffers and in Valkey's. One read while
+        # no rows are free is remembered until the next claim.
+        if self._news is None or self._news.arrived():
+            self._announced = True
         if self.settings.batching == "request" and self.active:
             return  # request-level batching: the next batch forms only once this one is done
         if not self.active and not self.waiting:
@@ -276,6 +282,7 @@ class Worker:
                 self._queue_empty_at = started
                 if self._news is not None:
                     self._news.arrived()  # what was announced so far is what this claim saw
+                self._announced = False
             # Request-level batches gather for up to max_wait: whoever misses the start waits
             # for the whole batch. Continuous batching takes what is there and starts: a job
             # arriving a moment later joins at the next step. Poll rather than block: Redis
@@ -293,9 +300,10 @@ class Worker:
             if (
                 (self.active or self.waiting)
                 and time.monotonic() - self._queue_empty_at < CLAIM_EVERY_SECONDS
-                and not (self._news is None or self._news.arrived())
+                and not self._announced
             ):
                 break
+            self._announced = False  # this claim sees every entry announced so far
             count = claim_count(free)
             more = self._claim(None, count)
             self.waiting += more
