@@ -600,18 +600,19 @@ class RedisStore:
         cache (a restart) answers NOSCRIPT to the first call and runs none of them: load it
         and send them again.
         """
+
+        def send() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(pipe.execute())
+
         with _unavailable():
-            for attempt in (1, 2):
-                pipe = self._r.pipeline(transaction=False)
-                for keys, args in calls:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                try:
-                    return list(pipe.execute())
-                except redis.exceptions.NoScriptError:
-                    if attempt == 2:
-                        raise
-                    self._r.script_load(script.script)
-        raise AssertionError("unreachable")
+            try:
+                return send()
+            except redis.exceptions.NoScriptError:
+                self._r.script_load(script.script)
+                return send()
 
     def _transition_call(self, before: Job, after: Job) -> tuple[list[str], list[Any]]:
         """The keys and arguments of the transition script for ``before`` -> ``after``."""
@@ -630,7 +631,9 @@ class RedisStore:
             "1" if after.terminal else "",
         ]
         for k in _MUTABLE_FIELDS:
-            if changed.get(k, "") != old.get(k, ""):
+            # A record names the worker that made its last change even where the caller's copy
+            # is older than the stored one (another worker took the job over meanwhile).
+            if changed.get(k, "") != old.get(k, "") or (k == "worker" and changed.get(k)):
                 args += [k, changed.get(k, "")]
         keys = [
             self._job(after.id),

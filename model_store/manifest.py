@@ -69,6 +69,7 @@ class SamplingSpec(_Strict):
 
 FILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 BASE_VARIANT = "fp32"
+VARIANT_NAME = r"^[a-z0-9][a-z0-9_-]{0,15}$"  # fp16, int8, ...
 
 
 class VariantSpec(_Strict):
@@ -117,7 +118,7 @@ class Manifest(_Strict):
         if len(set(files)) != len(files):
             raise ValueError("every variant needs its own file")
         for name in self.variants:
-            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,15}", name):
+            if not re.fullmatch(VARIANT_NAME, name):
                 raise ValueError(f"variant name {name!r}: lowercase letters, digits, '-' and '_' only")
         if self.null_class != len(self.classes):
             raise ValueError("null_class must be the index after the last class")

@@ -283,9 +283,7 @@ def _add_routes(app: FastAPI) -> None:
 def _load(state: State, job_id: str, owner: str) -> Job:
     """The caller's job, expired first if its deadline passed. Another key's job is a 404,
     as if it did not exist: ids must not be probed across keys."""
-    job = state.store.get(job_id) if _valid_id(job_id) else None
-    if job is None or job.owner != owner:
-        raise NotFound(f"job {job_id} not found (unknown or expired)")
+    job = _owned(state.store.get(job_id) if _valid_id(job_id) else None, job_id, owner)
     now = time.time()
     if not job.terminal and job.past_deadline(now):
         expired = expire(job, now)
@@ -300,27 +298,34 @@ def _load(state: State, job_id: str, owner: str) -> Job:
 async def _load_async(state: State, job_id: str, owner: str) -> Job:
     """``_load`` with the read on the event loop; a job past its deadline is expired by
     ``_load`` itself, in a thread."""
-    job = await state.store.get_async(job_id) if _valid_id(job_id) else None
-    if job is None or job.owner != owner:
-        raise NotFound(f"job {job_id} not found (unknown or expired)")
+    job = _owned(await state.store.get_async(job_id) if _valid_id(job_id) else None, job_id, owner)
     if not job.terminal and job.past_deadline(time.time()):
         return await run_in_threadpool(_load, state, job_id, owner)
     return job
 
 
+def _owned(job: Job | None, job_id: str, owner: str) -> Job:
+    """The job if it exists and is the caller's; otherwise a 404, the same for both."""
+    if job is None or job.owner != owner:
+        raise NotFound(f"job {job_id} not found (unknown or expired)")
+    return job
+
+
 async def _position_async(state: State, job: Job) -> int | None:
     """``_position``; only a queued job's needs Redis (in a thread)."""
-    if job.status != Status.QUEUED or job.entry_id is None:
-        return None
-    return await run_in_threadpool(_position, state, job)
+    return await run_in_threadpool(_position, state, job) if _queued(job) else None
 
 
 def _valid_id(job_id: str) -> bool:
     return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
 
 
+def _queued(job: Job) -> bool:
+    return job.status == Status.QUEUED and job.entry_id is not None
+
+
 def _position(state: State, job: Job) -> int | None:
-    if job.status != Status.QUEUED or job.entry_id is None:
+    if not _queued(job) or job.entry_id is None:
         return None
     return state.store.queue_position(job.request.model, job.entry_id, job.request.priority)
 

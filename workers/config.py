@@ -10,6 +10,7 @@ from pydantic_settings import NoDecode
 
 from diffq import failpoints
 from diffq.settings import CommonSettings
+from model_store.manifest import VARIANT_NAME
 
 
 class WorkerSettings(CommonSettings):
@@ -18,7 +19,7 @@ class WorkerSettings(CommonSettings):
     )
     model_variant: str = Field(
         default="auto",
-        pattern=r"^[a-z0-9][a-z0-9_-]{0,15}$",
+        pattern=VARIANT_NAME,
         description="Model precision variant from the manifest (fp32, fp16, ...); auto = fp16 on "
         "CUDA when the model has one, fp32 otherwise. Images are byte-identical per variant and "
         "hardware, not across them.",

@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -518,9 +518,7 @@ class Worker:
             done = transition(
                 f.job, Status.SUCCEEDED, now, step=f.step, image_count=len(pngs), worker=self.worker_id
             )
-            # Diffed against a record without a worker, so the result names this worker even
-            # where another one took the job over meanwhile (only the status is compared).
-            results.append((replace(f.job, worker=None), done, pngs))
+            results.append((f.job, done, pngs))
         stored = self.store.store_results(results)
         for f, (_, done, _), ok in zip(flights, results, stored, strict=True):
             if ok:

@@ -12,15 +12,7 @@ import pytest
 from diffq.errors import Overloaded, RateLimited, TooManyJobs
 from diffq.jobs import Job, JobRequest, Priority, Status, new_job_id, transition
 from diffq.store import Limits, RedisStore
-
-MODEL = "m"
-
-
-@pytest.fixture
-def store(valkey: str, prefix: str) -> RedisStore:
-    s = RedisStore(valkey, prefix=prefix, ttl_seconds=60)
-    s.ensure_group(MODEL)
-    return s
+from tests.integration.conftest import MODEL
 
 
 def new_job(owner: str = "alice", num_images: int = 1, seed: int = 1) -> Job:

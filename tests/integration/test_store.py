@@ -12,15 +12,7 @@ from diffq.errors import Unavailable
 from diffq.jobs import Job, JobRequest, Priority, Status, new_job_id, transition
 from diffq.serve import free_port
 from diffq.store import RedisStore
-
-MODEL = "m"
-
-
-@pytest.fixture
-def store(valkey: str, prefix: str) -> RedisStore:
-    s = RedisStore(valkey, prefix=prefix, ttl_seconds=60)
-    s.ensure_group(MODEL)
-    return s
+from tests.integration.conftest import MODEL
 
 
 def new_job(seed: int = 1, num_images: int = 1) -> Job:
