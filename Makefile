@@ -48,18 +48,18 @@ bench: $(DEV_STAMP)
 
 ## Train the reference model (about 20-30 minutes on 2 CPU cores), then export it
 train: $(DEV_STAMP)
-	$(PY) -m model_store.training.train --out var/train/checkpoint.pt
+	$(PY) -m tooling.training.train --out var/train/checkpoint.pt
 
 export: $(DEV_STAMP)
-	$(PY) -m model_store.training.export --checkpoint var/train/checkpoint.pt
+	$(PY) -m tooling.training.export --checkpoint var/train/checkpoint.pt
 
 ## The fp16 variant of the exported model (float16 inside, float32 in and out), checked against fp32
 export-fp16: $(DEV_STAMP)
-	$(PY) -m model_store.training.half
+	$(PY) -m tooling.training.half
 
 ## Measure sample quality (label agreement, Frechet distance); not a CI gate
 eval: $(DEV_STAMP)
-	$(PY) -m model_store.evaluation.run $(ARGS)
+	$(PY) -m tooling.evaluation.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -110,7 +110,7 @@ def inputs(stored: StoredModel, size: int, seed: int = 0) -> tuple[np.ndarray, n
     return (
         rng.standard_normal((size, *m.image_shape), dtype=np.float32),
         (rng.random(size) * (m.schedule.num_train_timesteps - 1)).astype(np.float32),
-        rng.integers(0, m.null_class + 1, size).astype(np.int64),
+        rng.integers(0, m.unconditional_class + 1, size).astype(np.int64),
     )
 
 
@@ -207,7 +207,7 @@ def measure_torch(
     outputs stay on the device (the anchor benchmark's way of timing)."""
     import torch
 
-    from model_store.training.unet import UNet, UNetConfig
+    from tooling.training.unet import UNet, UNetConfig
 
     arch = {k: v for k, v in stored.manifest.architecture.items() if k != "type"}
     arch["channel_mults"] = tuple(arch["channel_mults"])  # type: ignore[arg-type]

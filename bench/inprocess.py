@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from bench.workload import Request
 from diffq.jobs import image_seed
-from sampling.denoise import RowState, denoise_step, start_row, to_uint8
+from sampling.denoise import Condition, RowState, denoise_step, start_row, to_uint8
 from sampling.registry import get_plan
 from workers.batching import BatchPolicy, admit
 from workers.engine import Engine
@@ -51,7 +51,7 @@ def run_jobs(engine: Engine, jobs: Sequence[Request], max_rows: int, encode: boo
                     start_row(
                         plan,
                         image_seed(job.seed, i),
-                        job.class_label,
+                        Condition.for_class(job.class_label, manifest.unconditional_class),
                         job.guidance_scale,
                         manifest.image_shape,
                     )
@@ -60,7 +60,7 @@ def run_jobs(engine: Engine, jobs: Sequence[Request], max_rows: int, encode: boo
             )
         pending = pending[n:]
         flat = [r for rows in active for r in rows]
-        stepped = denoise_step(flat, engine.run, manifest.null_class, manifest.schedule.prediction_type)
+        stepped = denoise_step(flat, engine.run, manifest.schedule.prediction_type)
         calls += 1
         evaluations += engine.stats.last_rows
         k, still = 0, []

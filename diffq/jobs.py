@@ -93,10 +93,19 @@ class JobRequest:
     seed: int
     priority: Priority = Priority.NORMAL
     deadline_seconds: float | None = None  # from submission; None = no deadline
+    prompt: str | None = None  # text-to-image models: what to draw
+    negative_prompt: str | None = None  # text models: the unconditional side of guidance ("" if None)
+    width: int | None = None  # output pixels; None: the model's native size
+    height: int | None = None
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the job names a condition (a class or a prompt) that guidance can amplify."""
+        return self.class_label is not None or self.prompt is not None
 
     @property
     def guided(self) -> bool:
-        return is_guided(self.class_label, self.guidance_scale)
+        return is_guided(self.conditional, self.guidance_scale)
 
     @property
     def rows_per_step(self) -> int:
@@ -119,6 +128,10 @@ class JobRequest:
             "seed": self.seed,
             "priority": self.priority.value,
             "deadline_seconds": self.deadline_seconds,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "width": self.width,
+            "height": self.height,
         }
 
     @classmethod
@@ -133,6 +146,10 @@ class JobRequest:
             seed=int(d["seed"]),
             priority=Priority(d.get("priority", Priority.NORMAL)),
             deadline_seconds=None if d.get("deadline_seconds") is None else float(d["deadline_seconds"]),
+            prompt=None if d.get("prompt") is None else str(d["prompt"]),
+            negative_prompt=None if d.get("negative_prompt") is None else str(d["negative_prompt"]),
+            width=None if d.get("width") is None else int(d["width"]),
+            height=None if d.get("height") is None else int(d["height"]),
         )
 
 

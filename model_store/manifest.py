@@ -30,9 +30,55 @@ class TensorSpec(_Strict):
 
 
 class ImageSpec(_Strict):
+    """The output image at the model's native size."""
+
     channels: int = Field(ge=1, le=4)
     height: int = Field(ge=1, le=4096)
     width: int = Field(ge=1, le=4096)
+
+
+class SizeSpec(_Strict):
+    """An output size (pixels) the model serves; latent models need multiples of the VAE factor."""
+
+    width: int = Field(ge=1, le=4096)
+    height: int = Field(ge=1, le=4096)
+
+
+FILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class ComponentSpec(_Strict):
+    """One more ONNX file of a pipeline (text encoder, VAE decoder): its file and I/O contract.
+
+    Only the first input and the first output are used: token ids in and hidden states out for
+    a text encoder; scaled latents in and an image in [-1, 1] out for a VAE decoder.
+    """
+
+    file: str = Field(pattern=FILE_PATTERN)
+    sha256: str = Field(pattern=SHA256)
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+
+
+class TokenizerSpec(_Strict):
+    """A ``tokenizers`` JSON file, tokenized as diffusers' pipelines do: padded to
+    ``model_max_length`` with ``pad_token_id`` and truncated there (special tokens included)."""
+
+    file: str = Field(pattern=FILE_PATTERN)
+    sha256: str = Field(pattern=SHA256)
+    model_max_length: int = Field(ge=2, le=4096)
+    pad_token_id: int = Field(ge=0)
+
+
+class LatentSpec(_Strict):
+    """Where the denoiser works: ``channels`` x (height / factor) x (width / factor), and how
+    the VAE decoder wants it (``latent / scaling_factor + shift_factor``)."""
+
+    channels: int = Field(ge=1, le=64)
+    factor: int = Field(ge=1, le=64, description="VAE downsampling factor (pixels per latent cell).")
+    scaling_factor: float = Field(gt=0)
+    shift_factor: float = 0.0
 
 
 class ScheduleSpec(_Strict):
@@ -67,7 +113,6 @@ class SamplingSpec(_Strict):
         return self
 
 
-FILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 BASE_VARIANT = "fp32"
 VARIANT_NAME = r"^[a-z0-9][a-z0-9_-]{0,15}$"  # fp16, int8, ...
 
@@ -81,14 +126,23 @@ class VariantSpec(_Strict):
     """
 
     file: str = Field(pattern=FILE_PATTERN)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=SHA256)
     compute_dtype: Literal["float16"]
     max_relative_error: float = Field(ge=0, le=0.05)
     quality: dict[str, object] = Field(default_factory=dict)
 
 
+ModelKind = Literal["class-conditional", "text-to-image"]
+
+
 class Manifest(_Strict):
-    """The contents of ``manifest.json``."""
+    """The contents of ``manifest.json``.
+
+    The top-level ``file``, ``inputs`` and ``outputs`` are the denoiser's: ``(sample, timestep
+    [batch], condition)`` where the condition is a class label per row (class-conditional) or
+    the text encoder's hidden states per row (text-to-image). A latent model also names its
+    ``latent`` space and ``vae_decoder``; a text model its ``text_encoder`` and ``tokenizer``.
+    """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
@@ -99,8 +153,19 @@ class Manifest(_Strict):
     inputs: list[TensorSpec] = Field(min_length=3, max_length=3)
     outputs: list[TensorSpec] = Field(min_length=1, max_length=1)
     image: ImageSpec
-    classes: list[str] = Field(min_length=1)
-    null_class: int = Field(ge=0, description="Class index that means 'no class' (unconditional).")
+    kind: ModelKind = "class-conditional"
+    classes: list[str] = Field(default_factory=list, description="Class names (class-conditional).")
+    null_class: int | None = Field(
+        default=None, ge=0, description="Class index that means 'no class' (unconditional)."
+    )
+    sizes: list[SizeSpec] = Field(
+        default_factory=list, description="Output sizes served; empty: the native size only."
+    )
+    latent: LatentSpec | None = None
+    vae_decoder: ComponentSpec | None = None
+    text_encoder: ComponentSpec | None = None
+    tokenizer: TokenizerSpec | None = None
+    source: dict[str, object] = Field(default_factory=dict, description="What the model was imported from.")
     schedule: ScheduleSpec
     sampling: SamplingSpec
     architecture: dict[str, object] = Field(default_factory=dict)
@@ -120,8 +185,21 @@ class Manifest(_Strict):
         for name in self.variants:
             if not re.fullmatch(VARIANT_NAME, name):
                 raise ValueError(f"variant name {name!r}: lowercase letters, digits, '-' and '_' only")
-        if self.null_class != len(self.classes):
-            raise ValueError("null_class must be the index after the last class")
+        if self.kind == "class-conditional":
+            if not self.classes or self.null_class != len(self.classes):
+                raise ValueError("a class-conditional model needs classes, and null_class after the last")
+            if self.text_encoder is not None or self.tokenizer is not None:
+                raise ValueError("a class-conditional model has no text_encoder or tokenizer")
+        elif self.text_encoder is None or self.tokenizer is None:
+            raise ValueError("a text-to-image model needs a text_encoder and a tokenizer")
+        elif self.classes or self.null_class is not None:
+            raise ValueError("a text-to-image model has no classes or null_class")
+        if (self.latent is None) != (self.vae_decoder is None):
+            raise ValueError("latent and vae_decoder go together")
+        factor = self.latent.factor if self.latent is not None else 1
+        for width, height in self.served_sizes:
+            if width % factor or height % factor:
+                raise ValueError(f"size {width}x{height} is not a multiple of the latent factor {factor}")
         if self.sampling.max_steps > self.schedule.num_train_timesteps:
             raise ValueError("max_steps exceeds the schedule's num_train_timesteps")
         return self
@@ -146,7 +224,29 @@ class Manifest(_Strict):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """The native output image, [C, H, W]."""
         return (self.image.channels, self.image.height, self.image.width)
+
+    @property
+    def unconditional_class(self) -> int:
+        """A class-conditional model's null class; ValueError for a text model."""
+        if self.null_class is None:
+            raise ValueError(f"{self.ref} is not class-conditional")
+        return self.null_class
+
+    @property
+    def served_sizes(self) -> list[tuple[int, int]]:
+        """(width, height) pairs a request may ask for; the native size first."""
+        native = (self.image.width, self.image.height)
+        rest = [(s.width, s.height) for s in self.sizes if (s.width, s.height) != native]
+        return [native, *dict.fromkeys(rest)]
+
+    def sample_shape(self, width: int | None = None, height: int | None = None) -> tuple[int, int, int]:
+        """What the denoiser works on for an image of this size: the latent, or the image itself."""
+        w, h = width or self.image.width, height or self.image.height
+        if self.latent is None:
+            return (self.image.channels, h, w)
+        return (self.latent.channels, h // self.latent.factor, w // self.latent.factor)
 
 
 def sha256_file(path: Path) -> str:

@@ -41,15 +41,20 @@ class StoredModel:
             name, _ = self.manifest.variant_file(variant)
         except ValueError as e:
             raise ModelStoreError(str(e)) from e
-        path = (self.directory / name).resolve()
-        if not path.is_relative_to(self.directory.resolve()) or path.parent != self.directory.resolve():
-            raise ModelStoreError(f"{self.manifest.ref}: model file {name!r} escapes its directory")
-        return path
+        return self._inside(name)
 
     def verify(self, variant: str = BASE_VARIANT) -> Path:
         """A variant's file path after checking it exists and matches the manifest's sha256."""
-        path = self.variant_path(variant)
-        _, expected = self.manifest.variant_file(variant)
+        try:
+            name, expected = self.manifest.variant_file(variant)
+        except ValueError as e:
+            raise ModelStoreError(str(e)) from e
+        return self.verify_file(name, expected)
+
+    def verify_file(self, name: str, expected: str) -> Path:
+        """Any file of this version (a denoiser variant, a pipeline component, a tokenizer),
+        checked against its sha256 from the manifest."""
+        path = self._inside(name)
         if not path.is_file():
             raise ModelStoreError(f"{self.manifest.ref}: model file {path} is missing")
         actual = sha256_file(path)
@@ -58,6 +63,12 @@ class StoredModel:
                 f"{self.manifest.ref}: checksum mismatch for {path.name}: manifest says "
                 f"{expected}, file has {actual}; the file is corrupt or was replaced"
             )
+        return path
+
+    def _inside(self, name: str) -> Path:
+        path = (self.directory / name).resolve()
+        if not path.is_relative_to(self.directory.resolve()) or path.parent != self.directory.resolve():
+            raise ModelStoreError(f"{self.manifest.ref}: model file {name!r} escapes its directory")
         return path
 
 

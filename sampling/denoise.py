@@ -21,12 +21,36 @@ from sampling.schedule import PredictionType
 ModelFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
+@dataclass(frozen=True, eq=False)
+class Condition:
+    """What one image is conditioned on, for each side of classifier-free guidance.
+
+    ``cond`` and ``uncond`` are the denoiser's condition input for one row: a class label
+    (int64 scalar) or a text encoder's hidden states ([seq, dim] float32). ``conditional`` is
+    False for an image with no condition (a null class): it runs the unconditional model only.
+    """
+
+    cond: np.ndarray
+    uncond: np.ndarray
+    conditional: bool
+
+    @classmethod
+    def for_class(cls, class_label: int | None, null_class: int) -> Condition:
+        label = null_class if class_label is None else class_label
+        return cls(np.asarray(label, np.int64), np.asarray(null_class, np.int64), class_label is not None)
+
+    @classmethod
+    def for_text(cls, embedding: np.ndarray, negative: np.ndarray) -> Condition:
+        """A prompt's hidden states, and the negative (or empty) prompt's for the other side."""
+        return cls(embedding, negative, True)
+
+
 @dataclass(frozen=True)
 class RowState:
     """One image in flight. ``rng`` is this image's own generator, seeded from its seed."""
 
     plan: StepPlan
-    class_label: int | None
+    condition: Condition
     guidance_scale: float
     step: int
     x: np.ndarray
@@ -39,29 +63,36 @@ class RowState:
 
     @property
     def guided(self) -> bool:
-        return is_guided(self.class_label, self.guidance_scale)
+        return is_guided(self.condition.conditional, self.guidance_scale)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The sample's shape: rows of different shapes never share a denoiser call."""
+        return tuple(self.x.shape)
 
 
-def is_guided(class_label: int | None, guidance_scale: float) -> bool:
+def is_guided(conditional: bool, guidance_scale: float) -> bool:
     """Whether an image needs both a conditional and an unconditional prediction per step.
 
-    Guidance 1 is the plain conditional model and 0 the plain unconditional one; a null class
-    is unconditional whatever the scale. Only the rest cost two denoiser rows.
+    Guidance 1 is the plain conditional model and 0 the plain unconditional one; an image with
+    no condition (a null class) is unconditional whatever the scale. Only the rest cost two
+    denoiser rows.
     """
-    return class_label is not None and guidance_scale not in (0.0, 1.0)
+    return conditional and guidance_scale not in (0.0, 1.0)
 
 
 def start_row(
     plan: StepPlan,
     seed: int,
-    class_label: int | None,
+    condition: Condition,
     guidance_scale: float,
-    image_shape: tuple[int, ...],
+    sample_shape: tuple[int, ...],
 ) -> RowState:
-    """A fresh row: its initial noise is the first draw of its own generator."""
+    """A fresh row: its initial noise is the first draw of its own generator (the seed
+    contract: ``standard_normal(sample_shape)`` of ``PCG64(seed)``, times the plan's scale)."""
     rng = np.random.Generator(np.random.PCG64(seed))
-    x = (rng.standard_normal(image_shape) * plan.init_scale).astype(np.float32)
-    return RowState(plan, class_label, float(guidance_scale), 0, x, np.zeros(image_shape), rng)
+    x = (rng.standard_normal(sample_shape) * plan.init_scale).astype(np.float32)
+    return RowState(plan, condition, float(guidance_scale), 0, x, np.zeros(sample_shape), rng)
 
 
 @dataclass(frozen=True)
@@ -70,7 +101,7 @@ class ModelBatch:
 
     sample: np.ndarray  # float32 [N, C, H, W]
     timestep: np.ndarray  # float32 [N]
-    class_label: np.ndarray  # int64 [N]
+    condition: np.ndarray  # [N]: int64 labels, or [N, seq, dim] float32 hidden states
     cond_index: np.ndarray  # [B]: the row's conditional (or only) prediction
     uncond_index: np.ndarray  # [B]: the row's unconditional prediction, -1 when unguided
 
@@ -79,30 +110,30 @@ class ModelBatch:
         return len(self.timestep)
 
 
-def build_model_batch(rows: Sequence[RowState], null_class: int) -> ModelBatch:
-    """Stack the rows' model inputs: guided rows twice (with the class, then "no class")."""
+def build_model_batch(rows: Sequence[RowState]) -> ModelBatch:
+    """Stack the rows' model inputs: guided rows twice (conditional, then unconditional)."""
     samples: list[np.ndarray] = []
     timesteps: list[float] = []
-    labels: list[int] = []
+    conditions: list[np.ndarray] = []
     cond = np.empty(len(rows), dtype=np.int64)
     uncond = np.full(len(rows), -1, dtype=np.int64)
     for i, row in enumerate(rows):
         t = float(row.plan.timesteps[row.step])
-        # Guidance 0 is the unconditional model: its only row carries the "no class" label.
-        label = row.class_label if row.class_label is not None and row.guidance_scale != 0.0 else null_class
-        cond[i] = len(labels)
+        c = row.condition
+        # Guidance 0 is the unconditional model: its only row carries the unconditional input.
+        cond[i] = len(conditions)
         samples.append(row.x)
         timesteps.append(t)
-        labels.append(label)
+        conditions.append(c.cond if c.conditional and row.guidance_scale != 0.0 else c.uncond)
         if row.guided:
-            uncond[i] = len(labels)
+            uncond[i] = len(conditions)
             samples.append(row.x)
             timesteps.append(t)
-            labels.append(null_class)
+            conditions.append(c.uncond)
     return ModelBatch(
         sample=np.stack(samples).astype(np.float32, copy=False),
         timestep=np.asarray(timesteps, dtype=np.float32),
-        class_label=np.asarray(labels, dtype=np.int64),
+        condition=np.stack(conditions),
         cond_index=cond,
         uncond_index=uncond,
     )
@@ -113,7 +144,8 @@ def combine_guidance(rows: Sequence[RowState], batch: ModelBatch, output: np.nda
     cond = output[batch.cond_index].astype(np.float64)
     guided = batch.uncond_index >= 0
     if guided.any():
-        w = np.array([r.guidance_scale for r in rows], dtype=np.float64)[guided].reshape(-1, 1, 1, 1)
+        w = np.array([r.guidance_scale for r in rows], dtype=np.float64)[guided]
+        w = w.reshape((-1,) + (1,) * (output.ndim - 1))
         unc = output[batch.uncond_index[guided]].astype(np.float64)
         cond[guided] = unc + w * (cond[guided] - unc)
     return cond
@@ -138,24 +170,37 @@ def advance(
     return [dataclasses.replace(r, step=r.step + 1, x=x_next[i], x0_prev=x0[i]) for i, r in enumerate(rows)]
 
 
-def denoise_step(
-    rows: Sequence[RowState], model: ModelFn, null_class: int, prediction_type: PredictionType
-) -> list[RowState]:
-    """One model call for all rows, then each row's update."""
-    batch = build_model_batch(rows, null_class)
-    output = model(batch.sample, batch.timestep, batch.class_label)
+def denoise_step(rows: Sequence[RowState], model: ModelFn, prediction_type: PredictionType) -> list[RowState]:
+    """One model call for all rows (of one sample shape), then each row's update."""
+    batch = build_model_batch(rows)
+    output = model(batch.sample, batch.timestep, batch.condition)
     return advance(rows, combine_guidance(rows, batch, output), prediction_type)
 
 
+def denoise_grouped(
+    rows: Sequence[RowState], model: ModelFn, prediction_type: PredictionType
+) -> list[RowState]:
+    """One step for rows of possibly different sample shapes: one model call per shape (in
+    order of first appearance), results back in the rows' order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r.shape, []).append(i)
+    out: list[RowState | None] = [None] * len(rows)
+    for idx in groups.values():
+        for i, r in zip(idx, denoise_step([rows[i] for i in idx], model, prediction_type), strict=True):
+            out[i] = r
+    return [r for r in out if r is not None]
+
+
 def sample_to_completion(
-    rows: Sequence[RowState], model: ModelFn, null_class: int, prediction_type: PredictionType
+    rows: Sequence[RowState], model: ModelFn, prediction_type: PredictionType
 ) -> list[np.ndarray]:
     """Run rows until each is done (rows leave as they finish); returns final latents in order."""
     ids = list(range(len(rows)))
     active = list(rows)
     finished: dict[int, np.ndarray] = {}
     while active:
-        stepped = denoise_step(active, model, null_class, prediction_type)
+        stepped = denoise_grouped(active, model, prediction_type)
         keep = [k for k, r in enumerate(stepped) if not r.done]
         for k, r in enumerate(stepped):
             if r.done:

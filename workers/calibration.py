@@ -26,8 +26,8 @@ def sizes_for(device: str) -> tuple[int, ...]:
 
 def measure_curve(
     run: Run,
-    image_shape: tuple[int, int, int],
-    classes: int,
+    sample_shape: tuple[int, int, int],
+    condition: Callable[[int], np.ndarray],
     sizes: Sequence[int] = SIZES,
     seconds_per_size: float = 0.05,
     rounds: int = 2,
@@ -35,13 +35,14 @@ def measure_curve(
 ) -> dict[int, float]:
     """Rows per second for each batch size, the best of ``rounds`` passes over all sizes
     (interleaved, so a passing slowdown of the host does not bend one end of the curve);
-    each pass times calls until ``seconds_per_size`` is up, at least one."""
+    each pass times calls until ``seconds_per_size`` is up, at least one. ``condition(rows)``
+    gives a valid condition input (class labels or hidden states) for that many rows."""
     rng = np.random.default_rng(seed)
     inputs = {}
     for size in sizes:
-        x = rng.standard_normal((size, *image_shape), dtype=np.float32)
+        x = rng.standard_normal((size, *sample_shape), dtype=np.float32)
         t = rng.integers(0, 1000, size).astype(np.float32)
-        c = rng.integers(0, classes, size).astype(np.int64)
+        c = condition(size)
         inputs[size] = (x, t, c)
         run(x, t, c)  # warm-up: first-call allocations
     curve = dict.fromkeys(sizes, 0.0)

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from model_store.manifest import Manifest, TensorSpec
+from model_store.manifest import ComponentSpec, Manifest, TensorSpec
 from workers.buckets import check_buckets, default_buckets, run_bucketed
 
 log = logging.getLogger("diffq.engine")
@@ -175,6 +175,7 @@ class Engine:
         self._check_io(manifest)
         self._input_names = [spec.name for spec in manifest.inputs]
         self._output_name = manifest.outputs[0].name
+        self._condition_dtype = np.dtype(manifest.inputs[2].dtype)
         self.stats = CallStats()
         session_providers = self.providers
         self.device = "cuda" if CUDA in session_providers else "cpu"
@@ -200,12 +201,7 @@ class Engine:
         ]
 
     def _new_session(self, providers: Sequence[ProviderEntry]) -> ort.InferenceSession:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self._options.intra_op_threads
-        so.inter_op_num_threads = self._options.inter_op_threads
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._options.spinning else "0")
-        return ort.InferenceSession(str(self._model_path), sess_options=so, providers=list(providers))
+        return new_session(self._model_path, self._options, providers)
 
     def _check_io(self, manifest: Manifest) -> None:
         got_in = [(i.name, i.type) for i in self._session.get_inputs()]
@@ -237,12 +233,13 @@ class Engine:
             unbucketed=self._run_unbucketed,
         )
 
-    def run(self, sample: np.ndarray, timestep: np.ndarray, class_label: np.ndarray) -> np.ndarray:
-        """One denoiser call over a batch: [B,C,H,W] float32, [B] float32, [B] int64."""
+    def run(self, sample: np.ndarray, timestep: np.ndarray, condition: np.ndarray) -> np.ndarray:
+        """One denoiser call over a batch: [B,C,H,W] float32, [B] float32, and the condition per
+        row: [B] int64 class labels, or [B, seq, dim] hidden states, in the manifest's dtype."""
         inputs = (
             np.ascontiguousarray(sample, dtype=np.float32),
             np.ascontiguousarray(timestep, dtype=np.float32),
-            np.ascontiguousarray(class_label, dtype=np.int64),
+            np.ascontiguousarray(condition, dtype=self._condition_dtype),
         )
         started = time.perf_counter()
         out = self._dispatch(*inputs)
@@ -261,9 +258,24 @@ class Engine:
         started = time.perf_counter()
         if self.padded:
             for size in self.buckets:
-                zeros = np.zeros((size, *self.manifest.image_shape), dtype=np.float32)
-                self._dispatch(zeros, np.zeros(size, dtype=np.float32), np.zeros(size, dtype=np.int64))
+                zeros = np.zeros((size, *self.manifest.sample_shape()), dtype=np.float32)
+                self._dispatch(zeros, np.zeros(size, dtype=np.float32), self.example_condition(size))
         return time.perf_counter() - started
+
+    def example_condition(self, rows: int, seed: int = 0) -> np.ndarray:
+        """A valid condition input for ``rows`` rows (class labels or hidden states), for
+        warm-up and calibration calls whose cost does not depend on the values."""
+        spec = self.manifest.inputs[2]
+        rng = np.random.default_rng(seed)
+        if self._condition_dtype == np.int64:
+            return rng.integers(0, max(1, len(self.manifest.classes)), rows).astype(np.int64)
+        return rng.standard_normal((rows, *self.condition_row_shape(spec)), dtype=np.float32)
+
+    def condition_row_shape(self, spec: TensorSpec) -> list[int]:
+        """The hidden states' shape per row: the manifest's fixed dimensions, with a dynamic
+        sequence length taken from the tokenizer."""
+        tokens = self.manifest.tokenizer.model_max_length if self.manifest.tokenizer else 1
+        return [d if isinstance(d, int) else tokens for d in spec.shape[1:]]
 
     def use_buckets(self, buckets: Sequence[int]) -> None:
         """Pad to these batch sizes from now on (e.g. one fixed size, once the tick is known)."""
@@ -271,12 +283,12 @@ class Engine:
         if self._bucketed is not None:
             self._bucketed.buckets = self.buckets
 
-    def _dispatch(self, sample: np.ndarray, timestep: np.ndarray, class_label: np.ndarray) -> np.ndarray:
+    def _dispatch(self, sample: np.ndarray, timestep: np.ndarray, condition: np.ndarray) -> np.ndarray:
         if self._bucketed is not None:
-            return self._bucketed.run(sample, timestep, class_label)
+            return self._bucketed.run(sample, timestep, condition)
         if self.padded:
-            return run_bucketed(self._run_unbucketed, self.buckets, sample, timestep, class_label)
-        return self._run_unbucketed(sample, timestep, class_label)
+            return run_bucketed(self._run_unbucketed, self.buckets, sample, timestep, condition)
+        return self._run_unbucketed(sample, timestep, condition)
 
     def _run_unbucketed(self, *inputs: np.ndarray) -> np.ndarray:
         if self._bound is not None:
@@ -284,6 +296,55 @@ class Engine:
         feeds = dict(zip(self._input_names, inputs, strict=True))
         (out,) = self._session.run([self._output_name], feeds)
         return np.asarray(out)
+
+
+class Component:
+    """A pipeline's other ONNX file (text encoder, VAE decoder): one input, its first output,
+    plain calls on the engine's providers and threads, with the same call statistics."""
+
+    def __init__(self, path: Path, spec: ComponentSpec, options: EngineOptions = EngineOptions()) -> None:
+        providers = choose_providers(ort.get_available_providers(), options.providers)
+        entries: list[ProviderEntry] = [
+            (p, cuda_options(options.cudnn_conv_algo_search, False)) if p == CUDA else p for p in providers
+        ]
+        started = time.perf_counter()
+        self._session = new_session(path, options, entries)
+        self.load_seconds = time.perf_counter() - started
+        self.spec = spec
+        got = [i.name for i in self._session.get_inputs()][:1] + [
+            o.name for o in self._session.get_outputs()
+        ][:1]
+        if got != [spec.inputs[0].name, spec.outputs[0].name]:
+            raise EngineError(f"{path.name}: ONNX I/O {got} does not match the manifest's component spec")
+        self._dtype = np.dtype(spec.inputs[0].dtype)
+        self.stats = CallStats()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """One call over a batch (rows are independent)."""
+        started = time.perf_counter()
+        (out,) = self._session.run(
+            [self.spec.outputs[0].name],
+            {self.spec.inputs[0].name: np.ascontiguousarray(x, dtype=self._dtype)},
+        )
+        elapsed = time.perf_counter() - started
+        s = self.stats
+        s.calls += 1
+        s.rows += len(x)
+        s.seconds += elapsed
+        s.last_seconds, s.last_rows = elapsed, len(x)
+        return np.asarray(out)
+
+
+def new_session(
+    path: Path, options: EngineOptions, providers: Sequence[ProviderEntry]
+) -> ort.InferenceSession:
+    """An onnxruntime session with the engine's threading and optimisation settings."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
+    return ort.InferenceSession(str(path), sess_options=so, providers=list(providers))
 
 
 class BoundRun:
@@ -308,21 +369,23 @@ class BoundRun:
         self._device = device
         self._input_names = [spec.name for spec in manifest.inputs]
         self._output = manifest.outputs[0]
-        self._row_shape = _row_shape(self._output)
+        self._row_shape: list[int] = []
         self._dtype = np.dtype(self._output.dtype)
         self._buffer: ort.OrtValue | None = None
         self._capacity = 0
 
-    def run(self, sample: np.ndarray, timestep: np.ndarray, class_label: np.ndarray) -> np.ndarray:
+    def run(self, sample: np.ndarray, timestep: np.ndarray, condition: np.ndarray) -> np.ndarray:
         rows = len(timestep)
-        if rows > self._capacity:
+        row_shape = list(sample.shape[1:])  # the denoiser's output has its input's shape
+        if rows > self._capacity or row_shape != self._row_shape:
             self._capacity = 1 << max(0, rows - 1).bit_length()
+            self._row_shape = row_shape
             self._buffer = ort.OrtValue.ortvalue_from_shape_and_type(
                 [self._capacity, *self._row_shape], self._dtype, self._device, 0
             )
         assert self._buffer is not None
         binding = self._session.io_binding()
-        for name, array in zip(self._input_names, (sample, timestep, class_label), strict=True):
+        for name, array in zip(self._input_names, (sample, timestep, condition), strict=True):
             binding.bind_cpu_input(name, array)
         binding.bind_output(
             self._output.name,
@@ -407,7 +470,7 @@ class BucketedSessions:
             extra={"bucket": bucket, "seconds": round(time.perf_counter() - started, 3)},
         )
 
-    def run(self, sample: np.ndarray, timestep: np.ndarray, class_label: np.ndarray) -> np.ndarray:
+    def run(self, sample: np.ndarray, timestep: np.ndarray, condition: np.ndarray) -> np.ndarray:
         if len(timestep) > self.buckets[-1] and not self._warned_oversize:
             self._warned_oversize = True
             log.info(
@@ -415,14 +478,14 @@ class BucketedSessions:
                 extra={"rows": len(timestep), "largest_bucket": self.buckets[-1]},
             )
         return run_bucketed(
-            self._run_bucket, self.buckets, sample, timestep, class_label, unbucketed=self._unbucketed
+            self._run_bucket, self.buckets, sample, timestep, condition, unbucketed=self._unbucketed
         )
 
-    def _run_bucket(self, sample: np.ndarray, timestep: np.ndarray, class_label: np.ndarray) -> np.ndarray:
+    def _run_bucket(self, sample: np.ndarray, timestep: np.ndarray, condition: np.ndarray) -> np.ndarray:
         bucket = len(timestep)
         self.prepare(bucket)
         entry = self._sessions[bucket]
-        for value, array in zip(entry.inputs, (sample, timestep, class_label), strict=True):
+        for value, array in zip(entry.inputs, (sample, timestep, condition), strict=True):
             value.update_inplace(np.ascontiguousarray(array))
         # update_inplace copies outside onnxruntime's stream: wait for it before the replay.
         entry.binding.synchronize_inputs()

@@ -10,14 +10,15 @@ import logging
 
 from diffq.logs import setup_logging
 from diffq.store import RedisStore
-from model_store.store import ModelStore
+from model_store.store import ModelStore, StoredModel
 from workers.batching import tick_rows
 from workers.buckets import default_buckets, worker_buckets
 from workers.calibration import measure_curve, sizes_for
 from workers.config import WorkerSettings
-from workers.engine import Engine, EngineOptions, choose_variant, planned_device
+from workers.engine import Component, Engine, EngineOptions, choose_variant, planned_device
 from workers.http import WorkerHealth, start_http
 from workers.metrics import WorkerMetrics
+from workers.pipeline import Decoder, TextEncoder, load_tokenizer
 from workers.worker import Worker, install_signal_handlers
 
 log = logging.getLogger("diffq.worker")
@@ -29,22 +30,20 @@ def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -
     metrics = WorkerMetrics(stored.manifest.name, health.registry if health else None)
     device = planned_device(settings.providers)
     variant = choose_variant(settings.model_variant, device, stored.manifest.variant_names)
-    engine = Engine(
-        stored.verify(variant),
-        stored.manifest,
-        EngineOptions(
-            providers=settings.providers,
-            intra_op_threads=settings.intra_op_threads,
-            spinning=settings.ort_spinning,
-            io_binding=settings.io_binding,
-            cuda_graph=settings.cuda_graph,
-            pad_to_buckets=settings.pad_to_buckets,
-            # Unset max_batch_rows: powers of two up to the largest size the calibration
-            # measures (its sizes then fall on buckets); the tick decides the final set below.
-            buckets=default_buckets(settings.max_batch_rows or max(sizes_for(device))),
-            cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
-        ),
+    options = EngineOptions(
+        providers=settings.providers,
+        intra_op_threads=settings.intra_op_threads,
+        spinning=settings.ort_spinning,
+        io_binding=settings.io_binding,
+        cuda_graph=settings.cuda_graph,
+        pad_to_buckets=settings.pad_to_buckets,
+        # Unset max_batch_rows: powers of two up to the largest size the calibration
+        # measures (its sizes then fall on buckets); the tick decides the final set below.
+        buckets=default_buckets(settings.max_batch_rows or max(sizes_for(device))),
+        cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
     )
+    engine = Engine(stored.verify(variant), stored.manifest, options)
+    encoder, decoder = load_stages(stored, options)
     log.info(
         "model loaded",
         extra={
@@ -59,7 +58,7 @@ def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -
     )
     if settings.max_batch_rows == 0:  # measure this hardware and take the knee
         curve = measure_curve(
-            engine.run, stored.manifest.image_shape, len(stored.manifest.classes), sizes_for(engine.device)
+            engine.run, stored.manifest.sample_shape(), engine.example_condition, sizes_for(engine.device)
         )
         settings = settings.model_copy(update={"max_batch_rows": tick_rows(curve)})
         log.info(
@@ -77,10 +76,28 @@ def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -
     store = RedisStore(
         settings.redis_url, settings.key_prefix, settings.result_ttl_seconds, settings.redis_timeout_seconds
     )
-    worker = Worker(settings, store, engine, metrics=metrics)
+    worker = Worker(settings, store, engine, metrics=metrics, encoder=encoder, decoder=decoder)
     if settings.worker_id:
         worker.worker_id = settings.worker_id
     return worker
+
+
+def load_stages(stored: StoredModel, options: EngineOptions) -> tuple[TextEncoder | None, Decoder]:
+    """The text encoder (text models) and the decoder (the VAE's for latent models), each
+    file checked against its sha256."""
+    m = stored.manifest
+    encoder = None
+    if m.text_encoder is not None and m.tokenizer is not None:
+        tokenizer = load_tokenizer(stored.verify_file(m.tokenizer.file, m.tokenizer.sha256), m.tokenizer)
+        component = Component(
+            stored.verify_file(m.text_encoder.file, m.text_encoder.sha256), m.text_encoder, options
+        )
+        encoder = TextEncoder(tokenizer, component)
+    decoder = Decoder()
+    if m.vae_decoder is not None:
+        vae = Component(stored.verify_file(m.vae_decoder.file, m.vae_decoder.sha256), m.vae_decoder, options)
+        decoder = Decoder(m.latent, vae)
+    return encoder, decoder
 
 
 def run_worker(settings: WorkerSettings, burst: bool = False) -> None:

@@ -1,8 +1,10 @@
 """The worker loop: claim jobs, step them together through the denoiser, store the images.
 
-Each loop iteration: take new jobs while rows are free, drop cancelled ones, run one denoiser
-call over every in-flight image (each at its own step of its own sampler), record progress,
-and finish the jobs whose images are done: PNGs stored first, then the status, then the ack.
+Each loop iteration: take new jobs while rows are free (a text model encodes their prompts in
+one text-encoder call), drop cancelled ones, run one denoiser call per sample shape over every
+in-flight image (each at its own step of its own sampler), record progress, and finish the jobs
+whose images are done: decoded together (a latent model's VAE decoder), PNGs stored first, then
+the status, then the ack.
 """
 
 from __future__ import annotations
@@ -22,15 +24,26 @@ from PIL import Image
 
 from diffq import failpoints
 from diffq.failpoints import Failpoints
-from diffq.jobs import PRIORITIES, ErrorType, Job, JobError, Status, expire, image_seed, transition
+from diffq.jobs import (
+    PRIORITIES,
+    ErrorType,
+    Job,
+    JobError,
+    JobRequest,
+    Status,
+    expire,
+    image_seed,
+    transition,
+)
 from diffq.store import Claimed, NewWork, RedisStore
 from model_store.manifest import Manifest
-from sampling.denoise import RowState, denoise_step, start_row, to_uint8
+from sampling.denoise import Condition, RowState, denoise_grouped, start_row
 from sampling.registry import get_plan
 from workers.batching import BatchPolicy, admit, free_rows, keep_gathering
 from workers.config import WorkerSettings
 from workers.engine import Engine
 from workers.metrics import WorkerMetrics
+from workers.pipeline import Decoder, TextEncoder
 
 log = logging.getLogger("diffq.worker")
 
@@ -78,6 +91,8 @@ class Worker:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     stop: threading.Event = field(default_factory=threading.Event)
     metrics: WorkerMetrics | None = None
+    encoder: TextEncoder | None = None  # text-to-image models: prompts to hidden states
+    decoder: Decoder = field(default_factory=Decoder)  # latent models: the VAE decoder
 
     def __post_init__(self) -> None:
         self.manifest: Manifest = self.engine.manifest
@@ -362,11 +377,13 @@ class Worker:
         # The common case, queued -> running, for every joining job in one round trip.
         running = [transition(j, Status.RUNNING, now, worker=self.worker_id) for _, j in plain]
         saved = self.store.save_transitions([(j, r) for (_, j), r in zip(plain, running, strict=True)])
+        started = []
         for (claimed, job), run, ok in zip(plain, running, saved, strict=True):
             if ok:
-                self._begin(claimed, run)
+                started.append((claimed, run))
             else:
                 self._done_with(claimed, job.id)
+        self._begin(*started)
 
     def _plain_start(self, job: Job, now: float) -> bool:
         """A queued job with attempts left and time before its deadline: it just starts."""
@@ -395,25 +412,56 @@ class Worker:
         if not self.store.save_transition(job, running):
             self._done_with(claimed, job.id)
             return
-        self._begin(claimed, running)
+        self._begin((claimed, running))
 
-    def _begin(self, claimed: Claimed, running: Job) -> None:
-        """A job now recorded as running joins the in-flight set with its first rows."""
-        self._metrics.started(running)
-        req = running.request
+    def _begin(self, *jobs: tuple[Claimed, Job]) -> None:
+        """Jobs now recorded as running join the in-flight set with their first rows; the
+        prompts of all of them go through the text encoder in one call."""
+        for _, running in jobs:
+            self._metrics.started(running)
         try:
-            plan = get_plan(self.manifest.schedule.to_config(), req.sampler, req.steps)
-        except ValueError as e:
-            self._finish_failed(InFlight(running, claimed, []), ErrorType.INVALID_REQUEST, str(e))
+            conditions = self._conditions([j.request for _, j in jobs])
+        except Exception as e:  # the text encoder failed: these jobs fail, the worker goes on
+            log.exception("text encoder call failed")
+            for claimed, running in jobs:
+                failed = InFlight(running, claimed, [])
+                self._finish_failed(
+                    failed, ErrorType.INFERENCE_ERROR, f"text encoder failed: {type(e).__name__}"
+                )
             return
-        rows = [
-            start_row(
-                plan, image_seed(req.seed, i), req.class_label, req.guidance_scale, self.manifest.image_shape
-            )
-            for i in range(req.num_images)
-        ]
-        self.active[running.id] = InFlight(running, claimed, rows)
-        log.info("job state", extra={"job_id": running.id, "status": "running", "worker": self.worker_id})
+        for (claimed, running), condition in zip(jobs, conditions, strict=True):
+            req = running.request
+            try:
+                plan = get_plan(self.manifest.schedule.to_config(), req.sampler, req.steps)
+                shape = self._sample_shape(running)
+            except ValueError as e:
+                self._finish_failed(InFlight(running, claimed, []), ErrorType.INVALID_REQUEST, str(e))
+                continue
+            rows = [
+                start_row(plan, image_seed(req.seed, i), condition, req.guidance_scale, shape)
+                for i in range(req.num_images)
+            ]
+            self.active[running.id] = InFlight(running, claimed, rows)
+            log.info("job state", extra={"job_id": running.id, "status": "running", "worker": self.worker_id})
+
+    def _conditions(self, requests: list[JobRequest]) -> list[Condition]:
+        """Each job's condition: its class label, or its prompt's and negative prompt's hidden
+        states (a missing negative prompt is the empty one, as in diffusers' pipelines)."""
+        m = self.manifest
+        if self.encoder is None:
+            return [Condition.for_class(r.class_label, m.unconditional_class) for r in requests]
+        texts = [t for r in requests for t in (r.prompt or "", r.negative_prompt or "")]
+        states = self.encoder.encode(texts) if texts else []
+        return [Condition.for_text(states[2 * i], states[2 * i + 1]) for i in range(len(requests))]
+
+    def _sample_shape(self, job: Job) -> tuple[int, int, int]:
+        """The denoiser's sample shape for the job's image size; ValueError for a size the
+        model does not serve (the gateway checks it too)."""
+        req, m = job.request, self.manifest
+        size = (req.width or m.image.width, req.height or m.image.height)
+        if size not in m.served_sizes:
+            raise ValueError(f"{m.ref} does not serve {size[0]}x{size[1]}; sizes: {m.served_sizes}")
+        return m.sample_shape(*size)
 
     def _dead_letter(self, claimed: Claimed, job: Job) -> None:
         """Park a job delivered ``max_attempts`` times without finishing: it fails, the others go on."""
@@ -478,9 +526,7 @@ class Worker:
         flights = list(self.active.values())
         rows = [r for f in flights for r in f.rows]
         try:
-            stepped = denoise_step(
-                rows, self.engine.run, self.manifest.null_class, self.manifest.schedule.prediction_type
-            )
+            stepped = denoise_grouped(rows, self.engine.run, self.manifest.schedule.prediction_type)
         except Exception as e:  # the model failed: these jobs fail, the worker goes on
             log.exception("denoiser call failed")
             for f in flights:
@@ -511,10 +557,19 @@ class Worker:
         the job terminal and acks it. All the jobs finishing at one step share one round trip
         for their results and one for their acks.
         """
+        try:
+            pixels = self.decoder.pixels([r.x for f in flights for r in f.rows])
+        except Exception as e:  # the VAE decoder failed: these jobs fail, the worker goes on
+            log.exception("decoder call failed")
+            for f in flights:
+                self._finish_failed(f, ErrorType.INFERENCE_ERROR, f"decoder call failed: {type(e).__name__}")
+            return
         now = time.time()
         results = []
+        k = 0
         for f in flights:
-            pngs = [encode_png(to_uint8(r.x)) for r in f.rows]
+            pngs = [encode_png(p) for p in pixels[k : k + len(f.rows)]]
+            k += len(f.rows)
             done = transition(
                 f.job, Status.SUCCEEDED, now, step=f.step, image_count=len(pngs), worker=self.worker_id
             )

@@ -173,7 +173,7 @@ def knn_digits(images: np.ndarray, k: int = 5) -> np.ndarray:
     """A plain k-nearest-neighbour reading of 28x28 digits against 10,000 MNIST training images
     (about 95% accurate on real digits): an independent check that the service drew the digit
     that was asked for."""
-    from model_store.training.data import load_mnist
+    from tooling.training.data import load_mnist
 
     x, y = load_mnist("train")
     ref = x[:10_000].reshape(10_000, -1).astype(np.float32)

@@ -9,7 +9,7 @@ import time
 from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
 from diffq.store import Claimed, RedisStore
 from model_store.store import ModelStore
-from sampling.denoise import denoise_step, start_row
+from sampling.denoise import Condition, denoise_step, start_row
 from sampling.registry import get_plan
 from tests.conftest import worker_settings
 from workers.main import build_worker
@@ -58,9 +58,10 @@ def test_images_are_written_only_while_the_job_runs(valkey: str, prefix: str) ->
 def finished_rows(worker: Worker, job: Job, seed: int) -> InFlight:
     req, m = job.request, worker.manifest
     plan = get_plan(m.schedule.to_config(), req.sampler, req.steps)
-    rows = [start_row(plan, seed + i, req.class_label, req.guidance_scale, m.image_shape) for i in range(2)]
+    cond = Condition.for_class(req.class_label, m.unconditional_class)
+    rows = [start_row(plan, seed + i, cond, req.guidance_scale, m.image_shape) for i in range(2)]
     while not all(r.done for r in rows):
-        rows = denoise_step(rows, worker.engine.run, m.null_class, m.schedule.prediction_type)
+        rows = denoise_step(rows, worker.engine.run, m.schedule.prediction_type)
     return InFlight(job, Claimed("0-1", job.id), rows)
 
 

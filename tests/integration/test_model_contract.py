@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from model_store.store import ModelStore
-from sampling.denoise import sample_to_completion, start_row
+from sampling.denoise import Condition, sample_to_completion, start_row
 from sampling.registry import get_plan
 from workers.engine import Engine, EngineError
 
@@ -73,9 +73,14 @@ def test_each_image_is_identical_alone_and_in_a_mixed_batch(engine: Engine) -> N
     config = M.schedule.to_config()
 
     def rows(reqs: list[tuple]) -> list:
-        return [start_row(get_plan(config, s, n), seed, c, w, M.image_shape) for s, n, seed, c, w in reqs]
+        return [
+            start_row(
+                get_plan(config, s, n), seed, Condition.for_class(c, M.unconditional_class), w, M.image_shape
+            )
+            for s, n, seed, c, w in reqs
+        ]
 
-    together = sample_to_completion(rows(REQUESTS), engine.run, M.null_class, M.schedule.prediction_type)
+    together = sample_to_completion(rows(REQUESTS), engine.run, M.schedule.prediction_type)
     for req, got in zip(REQUESTS, together, strict=True):
-        alone = sample_to_completion(rows([req]), engine.run, M.null_class, M.schedule.prediction_type)[0]
+        alone = sample_to_completion(rows([req]), engine.run, M.schedule.prediction_type)[0]
         assert alone.tobytes() == got.tobytes(), req

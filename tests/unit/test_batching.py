@@ -65,7 +65,8 @@ def test_measured_curve_of_a_stub_engine_finds_its_knee() -> None:
         time.sleep(0.002 + 0.00005 * len(t))
         return x
 
-    curve = measure_curve(run, (1, 4, 4), classes=10, sizes=(1, 8, 64, 512), seconds_per_size=0.01, rounds=2)
+    labels = lambda n: np.zeros(n, dtype=np.int64)  # noqa: E731
+    curve = measure_curve(run, (1, 4, 4), labels, sizes=(1, 8, 64, 512), seconds_per_size=0.01, rounds=2)
     assert list(curve) == [1, 8, 64, 512]
     assert curve[1] < curve[8] < curve[64] < curve[512]
     assert tick_rows(curve, gain=1.0) == 64  # 64 rows: ~12,000 rows/s; 512: ~19,000, under 2x

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sampling.denoise import build_model_batch, sample_to_completion, start_row
+from sampling.denoise import Condition, build_model_batch, sample_to_completion, start_row
 from sampling.registry import get_plan
 from sampling.schedule import ScheduleConfig
 
@@ -27,7 +27,7 @@ def stub_model(sample: np.ndarray, timestep: np.ndarray, label: np.ndarray) -> n
 
 
 def row(sampler: str, steps: int, seed: int, label: int | None, w: float):  # type: ignore[no-untyped-def]
-    return start_row(get_plan(CONFIG, sampler, steps), seed, label, w, SHAPE)
+    return start_row(get_plan(CONFIG, sampler, steps), seed, Condition.for_class(label, NULL), w, SHAPE)
 
 
 REQUESTS = [
@@ -40,7 +40,7 @@ REQUESTS = [
 
 
 def run(requests: list[tuple]) -> list[np.ndarray]:
-    return sample_to_completion([row(*r) for r in requests], stub_model, NULL, "v_prediction")
+    return sample_to_completion([row(*r) for r in requests], stub_model, "v_prediction")
 
 
 def test_each_row_is_identical_alone_and_in_a_mixed_batch() -> None:
@@ -65,12 +65,12 @@ def test_same_seed_same_image_other_seed_other_image() -> None:
 
 def test_guidance_doubles_only_guided_rows() -> None:
     rows = [row(*r) for r in REQUESTS]
-    batch = build_model_batch(rows, NULL)
+    batch = build_model_batch(rows)
     # guided: w=3 with class, w=7.5 with class; unguided: w=1, class None, w=0
     assert batch.size == len(rows) + 2
     assert list(batch.uncond_index >= 0) == [True, False, False, False, True]
-    assert batch.class_label[batch.cond_index].tolist() == [3, 7, NULL, NULL, 9]
-    assert batch.class_label[batch.uncond_index[[0, 4]]].tolist() == [NULL, NULL]
+    assert batch.condition[batch.cond_index].tolist() == [3, 7, NULL, NULL, 9]
+    assert batch.condition[batch.uncond_index[[0, 4]]].tolist() == [NULL, NULL]
 
 
 def test_rows_leave_as_they_finish() -> None:

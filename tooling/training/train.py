@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model_store.training.data import load_mnist
-from model_store.training.unet import UNet, UNetConfig
+from tooling.training.data import load_mnist
+from tooling.training.unet import UNet, UNetConfig
 from sampling.schedule import NoiseSchedule, ScheduleConfig
 
 

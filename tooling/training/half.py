@@ -6,7 +6,7 @@ exactly as they run the base file. The conversion is checked against the fp32 fi
 batches (fractional timesteps, every class and the null class) and refused above
 ``MAX_RELATIVE_ERROR``.
 
-    python -m model_store.training.half [--model mnist-cfg-unet] [--version 1]
+    python -m tooling.training.half [--model mnist-cfg-unet] [--version 1]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def max_relative_error(manifest: Manifest, base: Path, variant: Path, seed: int 
                 (
                     rng.standard_normal((b, *manifest.image_shape)).astype(np.float32),
                     (rng.random(b) * (manifest.schedule.num_train_timesteps - 1)).astype(np.float32),
-                    rng.integers(0, manifest.null_class + 1, b).astype(np.int64),
+                    rng.integers(0, manifest.unconditional_class + 1, b).astype(np.int64),
                 ),
                 strict=True,
             )

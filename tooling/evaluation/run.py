@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model_store.evaluation.classifier import (
+from tooling.evaluation.classifier import (
     Classifier,
     features_and_labels,
     frechet_distance,
@@ -25,8 +25,8 @@ from model_store.evaluation.classifier import (
 )
 from model_store.manifest import BASE_VARIANT, MANIFEST_NAME, Manifest
 from model_store.store import ModelStore, read_manifest
-from model_store.training.data import load_mnist
-from sampling.denoise import sample_to_completion, start_row, to_uint8
+from tooling.training.data import load_mnist
+from sampling.denoise import Condition, sample_to_completion, start_row, to_uint8
 from sampling.registry import get_plan
 from workers.engine import Engine
 
@@ -70,10 +70,16 @@ def generate(
     out = []
     for start in range(0, len(labels), chunk):
         rows = [
-            start_row(plan, seed + i, int(labels[i]), config.guidance_scale, m.image_shape)
+            start_row(
+                plan,
+                seed + i,
+                Condition.for_class(int(labels[i]), m.unconditional_class),
+                config.guidance_scale,
+                m.image_shape,
+            )
             for i in range(start, min(start + chunk, len(labels)))
         ]
-        out.extend(sample_to_completion(rows, engine.run, m.null_class, m.schedule.prediction_type))
+        out.extend(sample_to_completion(rows, engine.run, m.schedule.prediction_type))
     return np.clip(np.stack(out), -1.0, 1.0)
 
 
@@ -221,7 +227,7 @@ def render_card(m: Manifest, quality: dict, grid_cfg: EvalConfig) -> str:
         "",
         "## Sample quality",
         "",
-        "Written by `make eval` (`python -m model_store.evaluation.run`). Class-conditional samples,",
+        "Written by `make eval` (`python -m tooling.evaluation.run`). Class-conditional samples,",
         f"{quality['samples_per_configuration'] // 10} per digit; classifier trained on MNIST train "
         f"(test accuracy {quality['classifier_test_accuracy']:.2%}).",
         "Frechet distance (FD) is measured in that classifier's 128-d feature space against the",

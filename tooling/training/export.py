@@ -19,8 +19,9 @@ import onnxruntime as ort
 import torch
 
 from model_store.manifest import MANIFEST_NAME, Manifest, sha256_file
-from model_store.training.train import load_model
-from model_store.training.unet import UNet
+from model_store.store import DEFAULT_ROOT
+from tooling.training.train import load_model
+from tooling.training.unet import UNet
 from sampling.schedule import ScheduleConfig
 
 OPSET = 17
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--version", default="1")
     p.add_argument("--out", type=Path, default=None, help="default: model_store/<name>/<version>")
     a = p.parse_args(argv)
-    out = a.out or Path(__file__).resolve().parents[1] / a.name / a.version
+    out = a.out or DEFAULT_ROOT / a.name / a.version
     manifest, err = export(a.checkpoint, out, a.name, a.version)
     print(f"wrote {out}/model.onnx (sha256 {manifest.sha256[:12]}...), max relative error vs torch {err:.2e}")
 

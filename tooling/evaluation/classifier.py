@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model_store.training.data import load_mnist
+from tooling.training.data import load_mnist
 
 FEATURES = 128
 
