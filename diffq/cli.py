@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("submit", help="submit a job, show progress, save the PNGs")
     s.add_argument("--url", default="http://127.0.0.1:8000")
     s.add_argument("--class-label", type=int, default=None)
+    s.add_argument("--prompt", default=None, help="text-to-image models: what to draw")
+    s.add_argument("--negative-prompt", default=None, help="text-to-image models: what to avoid")
+    s.add_argument("--width", type=int, default=None, help="with --height: one of the model's sizes")
+    s.add_argument("--height", type=int, default=None)
     s.add_argument("--num-images", type=int, default=1)
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--sampler", default=None)
@@ -71,14 +75,14 @@ def main(argv: list[str] | None = None) -> None:
 
         write_openapi(args.out)
     elif args.command == "train":
-        from model_store.training.train import main as train_main
+        from tooling.training.train import main as train_main
 
         train_main(rest)
     elif args.command == "export":
-        from model_store.training.export import main as export_main
+        from tooling.training.export import main as export_main
 
         export_main(rest)
     elif args.command == "eval":
-        from model_store.evaluation.run import main as eval_main
+        from tooling.evaluation.run import main as eval_main
 
         eval_main(rest)

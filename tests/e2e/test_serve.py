@@ -1,4 +1,5 @@
-"""`diffq serve` (what `make run` runs): embedded Valkey, gateway and WORKERS workers, each a
+"""`diffq serve` (what `make run` runs): embedded Valkey, one gateway for every model in the
+store and WORKERS workers per model (or the model's DIFFQ_WORKERS_PER_MODEL count), each a
 process an operator can find by name; SIGINT stops them all."""
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import httpx
 
 from diffq.serve import free_port, wait_for_http
 from tests.conftest import ROOT, wait_for
+from tests.stores import MNIST, TEXT_MODEL, add_class_model_copy, text_model_store
+
+SECOND = "mnist-copy"  # a second real class model (MNIST's files under another name)
 
 
 def children_of(pid: int) -> list[tuple[int, str]]:
@@ -40,14 +44,22 @@ def children_of(pid: int) -> list[tuple[int, str]]:
 
 
 def test_serve_runs_the_stack_and_stops_on_sigint(tmp_path: Path) -> None:
+    # Three models: MNIST with 2 workers (its override), the copy with WORKERS = 1, and the
+    # dummy text model (its files cannot be loaded) with none: the gateway still serves it.
+    store = text_model_store(tmp_path / "store")
+    add_class_model_copy(store, SECOND)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFQ_") and k != "REDIS_URL"}
     worker_port = free_port()  # worker-N listens on worker_port + N
     env.update(
         PORT=str(port),
-        WORKERS="2",
+        WORKERS="1",
+        DIFFQ_WORKERS_PER_MODEL=f"{MNIST}=2,{TEXT_MODEL}=0",
+        DIFFQ_MODEL_STORE=str(store),
         DIFFQ_VAR_DIR=str(tmp_path / "var"),
         DIFFQ_WORKER_PORT=str(worker_port),
+        DIFFQ_MAX_BATCH_ROWS="64",  # fixed, not measured at start: three workers share the cores
+        DIFFQ_INTRA_OP_THREADS="1",
         PYTHONUNBUFFERED="1",
     )
     log = (tmp_path / "serve.log").open("wb")
@@ -60,21 +72,30 @@ def test_serve_runs_the_stack_and_stops_on_sigint(tmp_path: Path) -> None:
             raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
 
         commands = [cmd for _, cmd in children_of(proc.pid)]
-        assert sum("diffq worker --name worker-" in c for c in commands) == 2, commands
+        workers = [c for c in commands if "diffq worker --name worker-" in c]
+        assert len(workers) == 3, commands
+        assert sum(c.endswith(f"--model {MNIST}") for c in workers) == 2, workers
+        assert sum(c.endswith(f"--model {SECOND}") for c in workers) == 1, workers
         assert sum("diffq gateway" in c for c in commands) == 1, commands
         assert any("valkey-server" in c for c in commands), commands
         assert (tmp_path / "var" / "valkey").is_dir()
 
         with httpx.Client(base_url=base, timeout=10) as client:
-            job = client.post("/v1/jobs", json={"class_label": 7, "num_images": 2, "seed": 42}).json()
-            done = wait_for(client, job["id"], {"succeeded", "failed"})
-            assert done["status"] == "succeeded"
-            assert client.get(done["images"][0]["url"]).headers["content-type"] == "image/png"
+            served = {m["name"] for m in client.get("/v1/models").json()["models"]}
+            assert served == {MNIST, SECOND, TEXT_MODEL}
+            for model in (MNIST, SECOND):  # one gateway routes to every model's workers
+                body = {"model": model, "class_label": 7, "num_images": 2, "seed": 42}
+                job = client.post("/v1/jobs", json=body).json()
+                done = wait_for(client, job["id"], {"succeeded", "failed"})
+                assert done["status"] == "succeeded", done
+                assert client.get(done["images"][0]["url"]).headers["content-type"] == "image/png"
             assert "diffq_jobs_submitted_total" in client.get("/metrics").text
-        for n in range(2):  # each worker serves its own probes and metrics
+        for n in range(3):  # each worker serves its own probes and metrics
             url = f"http://127.0.0.1:{worker_port + n}"
             assert wait_for_http(f"{url}/readyz", timeout=60), f"worker-{n} not ready"
             assert "diffq_denoiser_call_duration_seconds" in httpx.get(f"{url}/metrics", timeout=5).text
+        live = httpx.get(f"{base}/readyz", timeout=10).json()["workers"]
+        assert live == {MNIST: 2, SECOND: 1, TEXT_MODEL: 0}
 
         pids = [pid for pid, _ in children_of(proc.pid)]
         proc.send_signal(signal.SIGINT)

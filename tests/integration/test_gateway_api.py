@@ -72,6 +72,10 @@ def test_get_returns_the_submitted_job(gateway: httpx.Client) -> None:
         "seed": 42,
         "priority": "normal",
         "deadline_seconds": None,
+        "prompt": None,
+        "negative_prompt": None,
+        "width": 28,  # the native size, filled in
+        "height": 28,
     }
 
 
@@ -93,6 +97,13 @@ BAD_REQUESTS = [
     ({"seed": -1}, "seed"),
     ({"seed": 2**63}, "seed"),
     ({"model": "no-such-model"}, "model"),
+    ({"class_label": 3, "prompt": "a seven"}, "prompt"),  # a class model takes no prompt
+    ({"class_label": 3, "negative_prompt": ""}, "negative_prompt"),
+    ({"class_label": 3, "width": 28}, "height"),  # both or neither
+    ({"class_label": 3, "height": 28}, "width"),
+    ({"class_label": 3, "width": 56, "height": 56}, "width"),  # not a size the model serves
+    ({"class_label": 3, "width": 0, "height": 28}, "width"),
+    ({"class_label": 3, "width": 28.0, "height": 28}, "width"),
 ]
 
 
@@ -151,6 +162,9 @@ def test_models_lists_the_contract(gateway: httpx.Client) -> None:
     assert set(m["samplers"]) >= {"ddpm", "ddim", "dpmpp_2m", "euler_ancestral"}
     assert m["min_steps"] == 1 and m["max_steps"] == 1000
     assert m["image"] == {"channels": 1, "height": 28, "width": 28}
+    assert m["kind"] == "class-conditional"
+    assert m["sizes"] == [{"width": 28, "height": 28}]
+    assert m["max_prompt_length"] is None and m["max_prompt_tokens"] is None
 
 
 def test_ready_without_workers_reports_them(gateway: httpx.Client) -> None:
