@@ -25,7 +25,6 @@ from PIL import Image
 from diffq import failpoints
 from diffq.failpoints import Failpoints
 from diffq.jobs import (
-    PRIORITIES,
     ErrorType,
     Job,
     JobError,
@@ -37,13 +36,14 @@ from diffq.jobs import (
 )
 from diffq.store import Claimed, NewWork, RedisStore
 from model_store.manifest import Manifest
-from sampling.denoise import Condition, RowState, denoise_grouped, start_row
+from sampling.denoise import Condition, denoise_step, start_row
 from sampling.registry import get_plan
-from workers.batching import BatchPolicy, admit, free_rows, keep_gathering
+from workers.batching import BatchPolicy, free_rows, keep_gathering
 from workers.config import WorkerSettings
 from workers.engine import Engine
 from workers.metrics import WorkerMetrics
 from workers.pipeline import Decoder, TextEncoder
+from workers.scheduler import InFlight, Scheduler
 
 log = logging.getLogger("diffq.worker")
 
@@ -68,19 +68,7 @@ def outage_backoff(failures: int) -> float:
     return min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** min(max(0, failures - 1), 32))
 
 
-@dataclass
-class InFlight:
-    job: Job
-    claimed: Claimed  # the queue entry, acked once the job is finished
-    rows: list[RowState]
-
-    @property
-    def done(self) -> bool:
-        return all(r.done for r in self.rows)
-
-    @property
-    def step(self) -> int:
-        return min(r.step for r in self.rows)
+Flight = InFlight[Claimed]
 
 
 @dataclass
@@ -107,8 +95,7 @@ class Worker:
         self._news: NewWork | None = None  # submissions announced to this worker
         self._announced = False  # one was, and no claim has looked since
         self.policy = BatchPolicy(self.settings.max_batch_rows, self.settings.max_wait_ms / 1000)
-        self.active: dict[str, InFlight] = {}
-        self.waiting: list[tuple[Claimed, Job]] = []
+        self.scheduler: Scheduler[Claimed] = Scheduler(self.policy, self.settings.batching == "continuous")
         self._last_beat = 0.0
         self._last_reclaim = 0.0
         self.failpoints = Failpoints(self.settings.failpoints)
@@ -133,14 +120,14 @@ class Worker:
                     self._heartbeat()
                     if not self.stop.is_set():
                         self._take_work()
-                    if not self.active and not self.waiting:
+                    if self.scheduler.idle:
                         if self.stop.is_set() or (burst and not self._reclaim(force=True)):
                             break
                         continue
                     self._admit()
                     self._drop_cancelled()
                     self._drop_expired()
-                    if self.active:
+                    if self.scheduler.running:
                         self._step()
                     self._report_in_flight()
                 except RedisStore.UNREACHABLE as e:
@@ -180,7 +167,7 @@ class Worker:
         return True
 
     def _held(self) -> int:
-        return len(self.active) + len(self.waiting)
+        return self.scheduler.held
 
     def _resume(self) -> None:
         """Join the queue: at start-up, and again when Redis answers after an outage.
@@ -200,21 +187,23 @@ class Worker:
         if self._news is not None:
             self._news.close()
         self._news = self.store.new_work(self.model)
-        if self.active:
-            flights = list(self.active.values())
+        sched = self.scheduler
+        if sched.running:
+            flights = list(sched.running.values())
             records = self.store.get_many([f.job.id for f in flights])
             finished = []
             for f, current in zip(flights, records, strict=True):
                 if current is None or current.terminal:
-                    finished.append(f.claimed)
-                    del self.active[f.job.id]
+                    finished.append(f.handle)
+                    sched.remove(f.job.id)
                 elif current.status != Status.RUNNING or current.worker != self.worker_id:
-                    del self.active[f.job.id]
+                    sched.remove(f.job.id)
             self.store.ack(self.model, finished)
-        if self.waiting:
-            self.waiting = self._with_records([c for c, _ in self.waiting])
+        if sched.waiting:
+            held, sched.waiting = [w.handle for w in sched.waiting], []
+            sched.add(self._with_records(held))
         self._renew()
-        done = [f for f in self.active.values() if f.done]
+        done = [f for f in sched.running.values() if f.done]
         if done:  # the outage came between their last step and their ack
             self._finish_succeeded(*done)
         if self._outage_started is not None:
@@ -247,12 +236,12 @@ class Worker:
     def _renew(self) -> None:
         """Renew the lease on what this worker holds; let go of what another worker took over
         (this one went quiet past its lease): that worker runs it now, and acks it."""
-        held = [f.claimed for f in self.active.values()] + [c for c, _ in self.waiting]
+        sched = self.scheduler
+        held = [f.handle for f in sched.running.values()] + [w.handle for w in sched.waiting]
         lost = {c.entry_id for c in self.store.renew(self.model, self.worker_id, held)} if held else set()
         if lost:
             log.warning("lease lost; letting jobs go", extra={"count": len(lost), "worker": self.worker_id})
-            self.active = {k: f for k, f in self.active.items() if f.claimed.entry_id not in lost}
-            self.waiting = [(c, j) for c, j in self.waiting if c.entry_id not in lost]
+            sched.discard(lambda c: c.entry_id in lost)
 
     def _done_with(self, claimed: Claimed, job_id: str, finished: bool = False) -> None:
         """Ack the entry of a finished (or vanished) job. One that is not finished went back to
@@ -264,12 +253,6 @@ class Worker:
                 log.info("job left to its new holder", extra={"job_id": job_id, "worker": self.worker_id})
                 return
         self.store.ack(self.model, [claimed])
-
-    def _rows_in_use(self) -> int:
-        return sum(f.job.request.rows_per_step for f in self.active.values())
-
-    def _held_rows(self) -> int:
-        return self._rows_in_use() + sum(j.request.rows_per_step for _, j in self.waiting)
 
     def _take_work(self) -> None:
         """Claim jobs until this worker holds a full batch of rows.
@@ -284,14 +267,15 @@ class Worker:
         # no rows are free is remembered until the next claim.
         if self._news is None or self._news.arrived():
             self._announced = True
-        if self.settings.batching == "request" and self.active:
+        sched = self.scheduler
+        if not sched.continuous and sched.running:
             return  # request-level batching: the next batch forms only once this one is done
-        if not self.active and not self.waiting:
+        if sched.idle:
             count = claim_count(free_rows(self.policy, 0))
             got = self._claim(self.settings.poll_ms, count)
             if not got:
                 return
-            self.waiting += got
+            sched.add(got)
             started = time.monotonic()
             if len(got) < count:  # the queue had no more: newcomers will be announced
                 self._queue_empty_at = started
@@ -303,17 +287,17 @@ class Worker:
             # arriving a moment later joins at the next step. Poll rather than block: Redis
             # ends a blocking read that times out only on its clock tick (100 ms at hz 10).
             gather = self.settings.batching == "request"
-            while gather and keep_gathering(self.policy, time.monotonic(), started, self._held_rows()):
+            while gather and keep_gathering(self.policy, time.monotonic(), started, sched.rows_held()):
                 more = self._claim(None)
                 if more:
-                    self.waiting += more
+                    sched.add(more)
                 else:
                     time.sleep(GATHER_POLL_SECONDS)
         # With a batch running and the queue found empty, claim again once a submission is
         # announced (no round trip while none is), or after CLAIM_EVERY_SECONDS.
-        while (free := free_rows(self.policy, self._held_rows())) > 0:
+        while (free := sched.free_rows()) > 0:
             if (
-                (self.active or self.waiting)
+                not sched.idle
                 and time.monotonic() - self._queue_empty_at < CLAIM_EVERY_SECONDS
                 and not self._announced
             ):
@@ -321,7 +305,7 @@ class Worker:
             self._announced = False  # this claim sees every entry announced so far
             count = claim_count(free)
             more = self._claim(None, count)
-            self.waiting += more
+            sched.add(more)
             if len(more) < count:
                 self._queue_empty_at = time.monotonic()
                 break
@@ -357,23 +341,18 @@ class Worker:
         if claimed:
             log.warning("reclaimed jobs", extra={"count": len(claimed), "worker": self.worker_id})
             self._metrics.reclaimed(len(claimed))
-        self.waiting += self._with_records(claimed)
+        self.scheduler.add(self._with_records(claimed))
         return bool(claimed)
 
     def _admit(self) -> None:
-        if self.settings.batching == "request" and self.active:
-            return
-        # High before normal before low; arrival order within a priority (the sort is stable).
-        self.waiting.sort(key=lambda cj: PRIORITIES.index(cj[1].request.priority))
-        n = admit(self.policy, self._rows_in_use(), [j.request.rows_per_step for _, j in self.waiting])
-        joining, self.waiting = self.waiting[:n], self.waiting[n:]
+        joining = self.scheduler.schedule()
         now = time.time()
         plain: list[tuple[Claimed, Job]] = []
-        for claimed, job in joining:
-            if self._plain_start(job, now):
-                plain.append((claimed, job))
+        for w in joining:
+            if self._plain_start(w.job, now):
+                plain.append((w.handle, w.job))
             else:  # dead letters, expiries, reclaimed jobs: one at a time
-                self._start(claimed, job)
+                self._start(w.handle, w.job)
         # The common case, queued -> running, for every joining job in one round trip.
         running = [transition(j, Status.RUNNING, now, worker=self.worker_id) for _, j in plain]
         saved = self.store.save_transitions([(j, r) for (_, j), r in zip(plain, running, strict=True)])
@@ -424,7 +403,7 @@ class Worker:
         except Exception as e:  # the text encoder failed: these jobs fail, the worker goes on
             log.exception("text encoder call failed")
             for claimed, running in jobs:
-                failed = InFlight(running, claimed, [])
+                failed = Flight(running, claimed, [])
                 self._finish_failed(
                     failed, ErrorType.INFERENCE_ERROR, f"text encoder failed: {type(e).__name__}"
                 )
@@ -435,13 +414,13 @@ class Worker:
                 plan = get_plan(self.manifest.schedule.to_config(), req.sampler, req.steps)
                 shape = self._sample_shape(running)
             except ValueError as e:
-                self._finish_failed(InFlight(running, claimed, []), ErrorType.INVALID_REQUEST, str(e))
+                self._finish_failed(Flight(running, claimed, []), ErrorType.INVALID_REQUEST, str(e))
                 continue
             rows = [
                 start_row(plan, image_seed(req.seed, i), condition, req.guidance_scale, shape)
                 for i in range(req.num_images)
             ]
-            self.active[running.id] = InFlight(running, claimed, rows)
+            self.scheduler.start(claimed, running, rows)
             log.info("job state", extra={"job_id": running.id, "status": "running", "worker": self.worker_id})
 
     def _conditions(self, requests: list[JobRequest]) -> list[Condition]:
@@ -490,7 +469,8 @@ class Worker:
         return self.metrics
 
     def _report_in_flight(self) -> None:
-        self._metrics.in_flight(len(self.active), sum(len(f.rows) for f in self.active.values()))
+        running = self.scheduler.running.values()
+        self._metrics.in_flight(len(running), sum(len(f.rows) for f in running))
 
     def _expire(self, job: Job, now: float) -> bool:
         expired = expire(job, now)
@@ -503,51 +483,54 @@ class Worker:
     def _drop_expired(self) -> None:
         """Jobs whose deadline passed mid-run stop here (the gateway may have expired them first)."""
         now = time.time()
-        for job_id, flight in list(self.active.items()):
+        for job_id, flight in list(self.scheduler.running.items()):
             if flight.job.past_deadline(now):
-                self.active.pop(job_id)
-                self._done_with(flight.claimed, job_id, finished=self._expire(flight.job, now))
+                self.scheduler.remove(job_id)
+                self._done_with(flight.handle, job_id, finished=self._expire(flight.job, now))
 
     def _drop_cancelled(self) -> None:
         """Jobs whose cancel was requested (the last progress write said so) stop here."""
-        flagged, self._cancel_flags = self._cancel_flags & self.active.keys(), set()
+        flagged, self._cancel_flags = self._cancel_flags & self.scheduler.running.keys(), set()
         for job_id in flagged:
-            flight = self.active.pop(job_id)
+            flight = self.scheduler.running[job_id]
+            self.scheduler.remove(job_id)
             current = self.store.get(job_id) or flight.job
             if not current.terminal:
                 cancelled = transition(current, Status.CANCELLED, time.time())
                 if self.store.save_transition(current, cancelled):
                     self._metrics.finished_job(cancelled)
                     log.info("job state", extra={"job_id": job_id, "status": "cancelled"})
-            self._done_with(flight.claimed, job_id)
+            self._done_with(flight.handle, job_id)
 
     def _step(self) -> None:
+        """One step: schedule's batch, one denoiser call per sample shape, then the update."""
         started = time.perf_counter()
-        flights = list(self.active.values())
-        rows = [r for f in flights for r in f.rows]
+        batch = self.scheduler.batch()
+        stats = self.engine.stats
+        rows_before, seconds_before = stats.rows, stats.seconds
+        prediction_type = self.manifest.schedule.prediction_type
         try:
-            stepped = denoise_grouped(rows, self.engine.run, self.manifest.schedule.prediction_type)
+            outputs = [denoise_step(group, self.engine.run, prediction_type) for group in batch.groups]
         except Exception as e:  # the model failed: these jobs fail, the worker goes on
             log.exception("denoiser call failed")
-            for f in flights:
+            for f in list(self.scheduler.running.values()):
                 self._finish_failed(f, ErrorType.INFERENCE_ERROR, f"denoiser call failed: {type(e).__name__}")
             return
-        stats = self.engine.stats
-        k = 0
-        for f in flights:
-            f.rows = stepped[k : k + len(f.rows)]
-            k += len(f.rows)
-        running = [f for f in flights if not f.done]  # the finished ones' steps go with their results
-        now = time.monotonic()
-        if running and now - self._last_progress >= self.settings.progress_interval_ms / 1000:
-            self._cancel_flags = self.store.set_progress({f.job.id: f.step for f in running})
+        result = self.scheduler.update(batch, outputs)
+        now = time.monotonic()  # the finished jobs' steps go with their results
+        if result.continuing and now - self._last_progress >= self.settings.progress_interval_ms / 1000:
+            self._cancel_flags = self.store.set_progress({f.job.id: f.step for f in result.continuing})
             self._last_progress = now
-        finished = [f for f in flights if f.done]
-        if finished:
-            self._finish_succeeded(*finished)
-        self._metrics.step(len(rows), stats.last_rows, stats.last_seconds, time.perf_counter() - started)
+        if result.finished:
+            self._finish_succeeded(*result.finished)
+        self._metrics.step(
+            batch.rows,
+            stats.rows - rows_before,
+            stats.seconds - seconds_before,
+            time.perf_counter() - started,
+        )
 
-    def _finish_succeeded(self, *flights: InFlight) -> None:
+    def _finish_succeeded(self, *flights: Flight) -> None:
         """Images with the status, then the ack: each job succeeds once, with one set of images.
 
         Two workers can hold the same job (one paused past its lease, or cut off from Redis,
@@ -582,13 +565,13 @@ class Worker:
             else:  # finished by another worker, cancelled at the last step, expired or gone
                 log.info("result not stored", extra={"job_id": f.job.id, "worker": self.worker_id})
         self.failpoints.hit(failpoints.AFTER_STORE_BEFORE_ACK)
-        self.store.ack(self.model, [f.claimed for f, ok in zip(flights, stored, strict=True) if ok])
+        self.store.ack(self.model, [f.handle for f, ok in zip(flights, stored, strict=True) if ok])
         for f, ok in zip(flights, stored, strict=True):
             if not ok:
-                self._done_with(f.claimed, f.job.id)
-            self.active.pop(f.job.id, None)
+                self._done_with(f.handle, f.job.id)
+            self.scheduler.remove(f.job.id)
 
-    def _finish_failed(self, f: InFlight, kind: ErrorType, message: str) -> None:
+    def _finish_failed(self, f: Flight, kind: ErrorType, message: str) -> None:
         current = self.store.get(f.job.id) or f.job
         finished = current.terminal
         if not finished:
@@ -599,8 +582,8 @@ class Worker:
                 log.info(
                     "job state", extra={"job_id": f.job.id, "status": "failed", "error_type": kind.value}
                 )
-        self._done_with(f.claimed, f.job.id, finished=finished)
-        self.active.pop(f.job.id, None)
+        self._done_with(f.handle, f.job.id, finished=finished)
+        self.scheduler.remove(f.job.id)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

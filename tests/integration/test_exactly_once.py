@@ -55,7 +55,7 @@ def test_images_are_written_only_while_the_job_runs(valkey: str, prefix: str) ->
     assert store.get(job.id).worker == "w"  # type: ignore[union-attr]
 
 
-def finished_rows(worker: Worker, job: Job, seed: int) -> InFlight:
+def finished_rows(worker: Worker, job: Job, seed: int) -> InFlight[Claimed]:
     req, m = job.request, worker.manifest
     plan = get_plan(m.schedule.to_config(), req.sampler, req.steps)
     cond = Condition.for_class(req.class_label, m.unconditional_class)
@@ -86,12 +86,12 @@ def test_a_stalled_worker_finishing_late_changes_nothing(valkey: str, prefix: st
     stalled = build_worker(worker_settings(valkey, prefix, worker_id="stalled"))
     flight = finished_rows(stalled, running, seed=12345)
     flight.claimed = claimed
-    stalled.active[job.id] = flight
+    stalled.scheduler.running[job.id] = flight
     stalled._finish_succeeded(flight)
 
     assert store.get(job.id) == done
     assert images(store, job) == first
-    assert job.id not in stalled.active
+    assert job.id not in stalled.scheduler.running
     finished = stalled._metrics.registry.get_sample_value(
         "diffq_jobs_finished_total", {"model": MODEL, "status": "succeeded"}
     )
@@ -117,7 +117,7 @@ def test_the_first_to_finish_a_taken_over_job_is_named_on_its_result(valkey: str
     stalled = build_worker(worker_settings(valkey, prefix, worker_id="stalled"))
     flight = finished_rows(stalled, mine, seed=job.request.seed)
     flight.claimed = claimed
-    stalled.active[job.id] = flight
+    stalled.scheduler.running[job.id] = flight
     stalled._finish_succeeded(flight)
     done = store.get(job.id)
     assert done is not None and done.status == Status.SUCCEEDED and done.worker == "stalled"

@@ -1,0 +1,167 @@
+"""The worker's scheduling core: which jobs wait, which run, and what the next step computes.
+
+Pure: no Redis, no clock, no model. The worker loop (``workers.worker``) is the I/O driver
+around it, one engine step being three calls as in vLLM's engine core::
+
+    joining = scheduler.schedule()        # who joins the batch now: priority order, free rows
+    ...                                   # (driver) record them running, encode prompts, start rows
+    batch = scheduler.batch()             # every running row, grouped by sample shape
+    outputs = [execute(g) for g in batch.groups]   # one denoiser call per group
+    step = scheduler.update(batch, outputs)        # rows one step on: finished and continuing jobs
+
+The scheduler owns the waiting list (claimed, not started) and the running set; the driver
+attaches its own handle to each job (the worker's queue entry, nothing in the bench).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from diffq.jobs import PRIORITIES, Job
+from sampling.denoise import RowState
+from workers.batching import BatchPolicy, admit, free_rows
+
+H = TypeVar("H")  # the driver's handle on a job
+
+
+@dataclass
+class Waiting(Generic[H]):
+    """A claimed job that has not started."""
+
+    handle: H
+    job: Job
+
+
+@dataclass
+class InFlight(Generic[H]):
+    """A running job and its images' rows."""
+
+    job: Job
+    handle: H
+    rows: list[RowState]
+
+    @property
+    def done(self) -> bool:
+        return all(r.done for r in self.rows)
+
+    @property
+    def step(self) -> int:
+        return min(r.step for r in self.rows)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One step's work: ``groups[g]`` are rows of one sample shape (one denoiser call each),
+    ``slots[g][k]`` says whose row ``groups[g][k]`` is: (job id, image index)."""
+
+    groups: list[list[RowState]]
+    slots: list[list[tuple[str, int]]]
+
+    @property
+    def rows(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+
+@dataclass(frozen=True)
+class StepResult(Generic[H]):
+    finished: list[InFlight[H]]  # every image done: decode, store, ack
+    continuing: list[InFlight[H]]
+
+
+@dataclass
+class Scheduler(Generic[H]):
+    """Waiting and running jobs, admission into the batch, batch assembly and the split of a
+    step's results. ``continuous=False`` is request-level batching: a batch forms only once
+    the last one is done."""
+
+    policy: BatchPolicy
+    continuous: bool = True
+    waiting: list[Waiting[H]] = field(default_factory=list)
+    running: dict[str, InFlight[H]] = field(default_factory=dict)
+
+    # ---- sizes ---------------------------------------------------------------------------
+    def rows_running(self) -> int:
+        """Denoiser rows per step of the running jobs (guided images count twice)."""
+        return sum(f.job.request.rows_per_step for f in self.running.values())
+
+    def rows_held(self) -> int:
+        """Rows of every job held, running or waiting: what claims are sized against."""
+        return self.rows_running() + sum(w.job.request.rows_per_step for w in self.waiting)
+
+    def free_rows(self) -> int:
+        return free_rows(self.policy, self.rows_held())
+
+    @property
+    def held(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    @property
+    def idle(self) -> bool:
+        return not self.running and not self.waiting
+
+    # ---- the waiting list ------------------------------------------------------------------
+    def add(self, claimed: Iterable[tuple[H, Job]]) -> None:
+        """Claimed jobs join the waiting list in claim order."""
+        self.waiting.extend(Waiting(h, j) for h, j in claimed)
+
+    def schedule(self) -> list[Waiting[H]]:
+        """The waiting jobs that join the batch now, taken off the waiting list.
+
+        High before normal before low, claim order within a priority; first come, first
+        served by rows (``workers.batching.admit``), so a big job is never starved by small
+        ones behind it. Request-level batching admits nothing while a batch runs.
+        """
+        if not self.continuous and self.running:
+            return []
+        self.waiting.sort(key=lambda w: PRIORITIES.index(w.job.request.priority))  # stable
+        n = admit(self.policy, self.rows_running(), [w.job.request.rows_per_step for w in self.waiting])
+        joining, self.waiting = self.waiting[:n], self.waiting[n:]
+        return joining
+
+    def start(self, handle: H, job: Job, rows: list[RowState]) -> InFlight[H]:
+        """A scheduled job, now recorded as running, runs from the next batch on."""
+        flight = InFlight(job, handle, rows)
+        self.running[job.id] = flight
+        return flight
+
+    # ---- one step --------------------------------------------------------------------------
+    def batch(self) -> Batch:
+        """Every running row, grouped by sample shape: rows of different shapes never share a
+        call. Groups in order of first appearance, rows in job order within a group."""
+        groups: dict[tuple[int, ...], tuple[list[RowState], list[tuple[str, int]]]] = {}
+        for job_id, flight in self.running.items():
+            for i, row in enumerate(flight.rows):
+                rows, slots = groups.setdefault(row.shape, ([], []))
+                rows.append(row)
+                slots.append((job_id, i))
+        return Batch([g[0] for g in groups.values()], [g[1] for g in groups.values()])
+
+    def update(self, batch: Batch, outputs: Sequence[Sequence[RowState]]) -> StepResult[H]:
+        """Each job's rows one step on; which jobs are now done and which go on. Finished
+        jobs stay in the running set until the driver has stored them (``remove``)."""
+        if len(outputs) != len(batch.groups):
+            raise ValueError(f"{len(outputs)} outputs for {len(batch.groups)} groups")
+        stepped: set[str] = set()
+        for slots, rows in zip(batch.slots, outputs, strict=True):
+            for (job_id, i), row in zip(slots, rows, strict=True):
+                flight = self.running.get(job_id)
+                if flight is not None:  # a job dropped meanwhile leaves its rows behind
+                    flight.rows[i] = row
+                    stepped.add(job_id)
+        flights = [self.running[j] for j in self.running if j in stepped]
+        return StepResult([f for f in flights if f.done], [f for f in flights if not f.done])
+
+    # ---- leaving -----------------------------------------------------------------------------
+    def remove(self, job_id: str) -> InFlight[H] | None:
+        """A running job leaves (finished, failed, cancelled, expired, taken over)."""
+        return self.running.pop(job_id, None)
+
+    def discard(self, lost: Callable[[H], bool]) -> int:
+        """Let go of every held job whose handle ``lost`` says is no longer this worker's;
+        returns how many went."""
+        before = self.held
+        self.running = {k: f for k, f in self.running.items() if not lost(f.handle)}
+        self.waiting = [w for w in self.waiting if not lost(w.handle)]
+        return before - self.held
