@@ -7,14 +7,18 @@ and sampler defaults, so a model always samples the way it was trained.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
+from sampling.diffusers_config import raw_scheduler_config, schedule_from_diffusers
 from sampling.schedule import ScheduleConfig
+from sampling.scheduler_view import freeze
 
 MANIFEST_NAME = "manifest.json"
 
@@ -81,16 +85,79 @@ class LatentSpec(_Strict):
     shift_factor: float = 0.0
 
 
+_NONFINITE_IN = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
+
+
+def _nonfinite_out(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
 class ScheduleSpec(_Strict):
+    """The noise schedule the model was trained with.
+
+    An imported pipeline also keeps its raw ``scheduler_config`` (``scheduler_config.json``):
+    each sampler then follows it as its diffusers scheduler's ``from_config`` would, and the
+    fields above must be what ``sampling.diffusers_config.schedule_from_diffusers`` derives from
+    it (build the spec with ``ScheduleSpec.from_config``). Without it (models trained here) the
+    samplers keep their fixed settings.
+    """
+
     num_train_timesteps: int = Field(ge=1, le=100_000)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
     beta_start: float = 0.0001
     beta_end: float = 0.02
-    prediction_type: Literal["epsilon", "v_prediction", "sample"]
+    prediction_type: Literal["epsilon", "v_prediction", "sample", "flow"]
     clip_sample: bool = Field(default=False, description="Clip x0 to [-1, 1] in DDPM and DDIM.")
+    rescale_betas_zero_snr: bool = False
+    scheduler_config: dict[str, Any] | None = Field(
+        default=None, description="The imported pipeline's own scheduler config, verbatim."
+    )
+
+    # Non-finite numbers (DPM-Solver's lambda_min_clipped = -inf) survive pydantic's JSON, which
+    # would write null, as the strings "-Infinity" / "Infinity" / "NaN" (Python's json spelling).
+    @field_serializer("scheduler_config", when_used="json")
+    def _nonfinite_as_strings(self, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else {k: _nonfinite_out(v) for k, v in value.items()}
+
+    @field_validator("scheduler_config", mode="before")
+    @classmethod
+    def _nonfinite_from_strings(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: _NONFINITE_IN.get(v, v) if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _matches_scheduler_config(self) -> ScheduleSpec:
+        if self.scheduler_config is not None:
+            derived = schedule_from_diffusers(self.scheduler_config)  # UnsupportedSchedule is a ValueError
+            mine = self._config()
+            for f in dataclasses.fields(ScheduleConfig):
+                if f.name != "scheduler_config" and getattr(mine, f.name) != getattr(derived, f.name):
+                    raise ValueError(
+                        f"schedule.{f.name} = {getattr(mine, f.name)!r} but the scheduler_config gives "
+                        f"{getattr(derived, f.name)!r}"
+                    )
+        elif self.prediction_type == "flow":
+            raise ValueError("a flow schedule needs its scheduler_config")
+        return self
+
+    def _config(self) -> ScheduleConfig:
+        fields = self.model_dump(exclude={"scheduler_config"})
+        frozen = None if self.scheduler_config is None else freeze(self.scheduler_config)
+        return ScheduleConfig(**fields, scheduler_config=frozen)
 
     def to_config(self) -> ScheduleConfig:
-        return ScheduleConfig(**self.model_dump())
+        """The schedule the samplers use (hashable; plans are cached by it)."""
+        return self._config()
+
+    @classmethod
+    def from_config(cls, config: ScheduleConfig) -> ScheduleSpec:
+        """The manifest's form of a schedule, e.g. of ``schedule_from_diffusers(...)``'s result."""
+        fields = dataclasses.asdict(config)
+        fields["scheduler_config"] = raw_scheduler_config(config)
+        return cls(**fields)
 
 
 class SamplingSpec(_Strict):

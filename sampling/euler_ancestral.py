@@ -1,23 +1,43 @@
 """Euler ancestral (Karras et al. 2022 / k-diffusion): a stochastic first-order sampler.
 
-Matches diffusers' ``EulerAncestralDiscreteScheduler`` with ``timestep_spacing="linspace"``,
-so the model sees fractional timesteps. diffusers works in sigma space (x = x0 + sigma * eps);
-here the same update is written in variance-preserving space, x_vp = x_sigma / sqrt(sigma^2 + 1),
-which is exactly the model input diffusers feeds after ``scale_model_input``.
+Matches diffusers' ``EulerAncestralDiscreteScheduler``: as a pipeline's scheduler config
+configures it (spacing, ``steps_offset``), or for models trained here with
+``timestep_spacing="linspace"``, so the model sees fractional timesteps. diffusers works in
+sigma space (x = x0 + sigma * eps); here the same update is written in variance-preserving
+space, x_vp = x_sigma / sqrt(sigma^2 + 1), which is exactly the model input diffusers feeds
+after ``scale_model_input``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from sampling.plan import StepPlan
 from sampling.schedule import NoiseSchedule
+from sampling.scheduler_view import check_common_vp, sampler_view
+from sampling.spacing import check_in_range, fractional_timesteps
+
+SCHEDULER = "EulerAncestralDiscreteScheduler"
+LEGACY: dict[str, Any] = {"timestep_spacing": "linspace"}
+
+
+def check(view: Mapping[str, Any]) -> None:
+    """Refuse what this sampler cannot follow (UnsupportedSchedule names the field)."""
+    check_common_vp(view, SCHEDULER)
 
 
 def plan(schedule: NoiseSchedule, num_steps: int) -> StepPlan:
+    view = sampler_view(schedule.config, SCHEDULER, LEGACY)
     n_train = schedule.num_train_timesteps
-    ts = np.linspace(0, n_train - 1, num_steps, dtype=np.float64)[::-1].copy()
+    ts = fractional_timesteps(view["timestep_spacing"], n_train, num_steps, view["steps_offset"])
+    check_in_range("euler_ancestral", ts, n_train)
     ac = schedule.alphas_cumprod.astype(np.float64)
+    if view["rescale_betas_zero_snr"]:
+        ac = ac.copy()
+        ac[-1] = 2.0**-24  # as diffusers: a finite first sigma
     full_sigmas = np.sqrt((1.0 - ac) / ac)
     sig = np.append(np.interp(ts, np.arange(n_train), full_sigmas), 0.0)
     s_from, s_to = sig[:-1], sig[1:]
@@ -26,6 +46,11 @@ def plan(schedule: NoiseSchedule, num_steps: int) -> StepPlan:
     scale_from = np.sqrt(s_from**2 + 1.0)  # x_sigma = x_vp * scale
     scale_to = np.sqrt(s_to**2 + 1.0)
     ratio = s_down / s_from
+    # diffusers draws x_sigma = N(0, I) * init_noise_sigma: max(sigma) for linspace and
+    # trailing spacing, sqrt(max(sigma)^2 + 1) otherwise.
+    init_sigma = (
+        sig.max() if view["timestep_spacing"] in ("linspace", "trailing") else np.sqrt(sig.max() ** 2 + 1)
+    )
     return StepPlan(
         sampler="euler_ancestral",
         timesteps=ts.astype(np.float32),
@@ -37,6 +62,5 @@ def plan(schedule: NoiseSchedule, num_steps: int) -> StepPlan:
         c_eps=np.zeros(num_steps),
         c_noise=s_up / scale_to,
         clip_x0=False,
-        # diffusers draws x_sigma = N(0, I) * max(sigma) for linspace spacing.
-        init_scale=float(sig.max() / scale_from[0]),
+        init_scale=float(init_sigma / scale_from[0]),
     )

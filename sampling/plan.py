@@ -7,7 +7,8 @@ space (the space the model sees, so no per-sampler input scaling)::
     x0   = prediction of the clean image from the model output, clipped if the plan says so
     x'   = c_x * x + c_x0 * x0 + c_x0_prev * x0_prev + c_eps * eps + c_noise * z
 
-DDPM, DDIM, DPM-Solver++ 2M and Euler ancestral all fit this form. A plan is read-only and
+DDPM, DDIM, DPM-Solver++ 2M, Euler, Euler ancestral and flow-matching Euler all fit this form
+(a flow model's state x = (1 - s) x0 + s eps is "alpha = 1 - s, sigma = s"). A plan is read-only and
 shared; everything that changes during sampling lives in the caller's per-row state, so one
 batched call can mix rows of different samplers, step counts and positions.
 """
@@ -27,8 +28,8 @@ class StepPlan:
 
     sampler: str
     timesteps: np.ndarray  # model timestep per step (float; fractional for some samplers)
-    alpha: np.ndarray  # sqrt(alpha_bar) at each step's timestep
-    sigma: np.ndarray  # sqrt(1 - alpha_bar) at each step's timestep
+    alpha: np.ndarray  # sqrt(alpha_bar) at each step's timestep (1 - s for flow)
+    sigma: np.ndarray  # sqrt(1 - alpha_bar) at each step's timestep (s for flow)
     c_x: np.ndarray
     c_x0: np.ndarray
     c_x0_prev: np.ndarray
@@ -94,7 +95,11 @@ def split_prediction(
     sigma: np.ndarray,
     prediction_type: PredictionType,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(x0, eps) from the model output; alpha and sigma broadcast per row."""
+    """(x0, eps) from the model output; alpha and sigma broadcast per row.
+
+    x = alpha * x0 + sigma * eps throughout; for "flow" (rectified flow, velocity
+    v = eps - x0) alpha = 1 - s and sigma = s.
+    """
     if prediction_type == "epsilon":
         eps = model_output
         x0 = (x - sigma * eps) / alpha
@@ -104,6 +109,9 @@ def split_prediction(
     elif prediction_type == "sample":
         x0 = model_output
         eps = (x - alpha * x0) / sigma
+    elif prediction_type == "flow":
+        x0 = x - sigma * model_output
+        eps = x + alpha * model_output
     else:
         raise ValueError(f"unknown prediction_type {prediction_type!r}")
     return x0, eps

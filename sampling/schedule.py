@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
+# "flow": a rectified-flow model's velocity v = eps - x0 (see ``sampling.plan.split_prediction``).
+PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,18 @@ class ScheduleConfig:
     # default: with guidance the clipped x0 and the unclipped noise disagree, and DDIM at 16
     # steps drew the requested digit only 37% of the time with it on (100% off).
     clip_sample: bool = False
+    # Rescale the betas to zero terminal SNR (diffusers' ``rescale_betas_zero_snr``).
+    rescale_betas_zero_snr: bool = False
+    # An imported pipeline's own scheduler config, frozen (sorted (key, value) pairs, lists as
+    # tuples) so the config stays hashable. Each sampler reads it as its diffusers class's
+    # ``from_config`` would (``sampling.scheduler_view``); None for models trained here, whose
+    # samplers keep their fixed settings. Build it with ``sampling.diffusers_config``.
+    scheduler_config: tuple[tuple[str, Any], ...] | None = None
+
+    @property
+    def is_flow(self) -> bool:
+        """A rectified-flow model (x_t = (1 - s) x0 + s eps), sampled by the flow samplers only."""
+        return self.prediction_type == "flow"
 
 
 def make_betas(config: ScheduleConfig) -> np.ndarray:
@@ -49,6 +62,16 @@ def make_betas(config: ScheduleConfig) -> np.ndarray:
     raise ValueError(f"unknown beta_schedule {config.beta_schedule!r}")
 
 
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Betas whose last alpha_bar is zero (Lin et al. 2023, Algorithm 1), in float32 as diffusers."""
+    alphas_bar_sqrt = np.sqrt(np.cumprod(1.0 - betas, dtype=np.float32))
+    first, last = alphas_bar_sqrt[0].copy(), alphas_bar_sqrt[-1].copy()
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return (1.0 - alphas).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class NoiseSchedule:
     """Precomputed forward-process quantities, shared read-only by every sampler."""
@@ -60,6 +83,8 @@ class NoiseSchedule:
     @classmethod
     def from_config(cls, config: ScheduleConfig) -> NoiseSchedule:
         betas = make_betas(config)
+        if config.rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
         alphas_cumprod = np.cumprod(1.0 - betas, dtype=np.float32)
         betas.setflags(write=False)
         alphas_cumprod.setflags(write=False)
