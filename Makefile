@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 
-.PHONY: run test lint typecheck unit chaos eval train export export-fp16 bench clean
+.PHONY: run test lint typecheck unit chaos eval train export export-fp16 import bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -56,6 +56,12 @@ export: $(DEV_STAMP)
 ## The fp16 variant of the exported model (float16 inside, float32 in and out), checked against fp32
 export-fp16: $(DEV_STAMP)
 	$(PY) -m tooling.training.half
+
+## Import a diffusers pipeline folder (save_pretrained or Optimum ONNX export) into the model store:
+## make import SRC=path NAME=name [VERSION=1] [SIZES=64x64,96x64] [ARGS=...] (python -m tooling.importer --help)
+import: $(DEV_STAMP)
+	@test -n "$(SRC)" -a -n "$(NAME)" || { echo "usage: make import SRC=<folder> NAME=<name> [VERSION=1] [SIZES=WxH,...]"; exit 2; }
+	$(PY) -m tooling.importer "$(SRC)" --name "$(NAME)" --version "$(or $(VERSION),1)" $(if $(SIZES),--sizes "$(SIZES)") $(ARGS)
 
 ## Measure sample quality (label agreement, Frechet distance); not a CI gate
 eval: $(DEV_STAMP)

@@ -2,8 +2,9 @@
 
 Jobs join a running set between steps while rows are free (the worker's own
 ``workers.scheduler.Scheduler``), every step is one ``denoise_step`` over all rows, and a
-finished job's images are turned into pixels and PNG-encoded with the worker's own encoder. What is left out is
-everything the service adds: HTTP, Redis, claiming, progress writes, status changes.
+finished job's images are turned into pixels and PNG-encoded with the worker's own encoder.
+What is left out is everything the service adds: HTTP, Redis, claiming, progress writes,
+status changes.
 """
 
 from __future__ import annotations

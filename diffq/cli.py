@@ -1,4 +1,4 @@
-"""The `diffq` command: serve | gateway | worker | submit | keygen | openapi | train | export | eval.
+"""The `diffq` command: serve | gateway | worker | submit | keygen | openapi | train | export | eval | import.
 
 Subcommands import only what they run, so `diffq worker` never loads the web stack and
 `diffq gateway` never loads onnxruntime.
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("--name", required=True, help="the key's name (owner of its jobs)")
     o = sub.add_parser("openapi", help="write the OpenAPI document")
     o.add_argument("--out", type=Path, default=Path("openapi/openapi.json"))
-    for name in ("train", "export", "eval"):
+    for name in ("train", "export", "eval", "import"):
         sub.add_parser(name, help=f"model tooling: {name} (needs the train extra)", add_help=False)
 
     args, rest = p.parse_known_args(argv)
@@ -86,3 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         from tooling.evaluation.run import main as eval_main
 
         eval_main(rest)
+    elif args.command == "import":
+        from tooling.importer.__main__ import main as import_main
+
+        import_main(rest)

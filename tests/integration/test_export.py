@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from model_store.store import ModelStore
+from sampling.schedule import ScheduleConfig
 from tooling.training.export import export
 from tooling.training.half import MAX_RELATIVE_ERROR, export_fp16
 from tooling.training.train import TrainConfig, train
 from tooling.training.unet import UNetConfig
-from sampling.schedule import ScheduleConfig
 from workers.engine import Engine
 
 

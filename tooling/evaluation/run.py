@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from model_store.manifest import BASE_VARIANT, MANIFEST_NAME, Manifest
+from model_store.store import ModelStore, read_manifest
+from sampling.denoise import Condition, sample_to_completion, start_row, to_uint8
+from sampling.registry import get_plan
 from tooling.evaluation.classifier import (
     Classifier,
     features_and_labels,
     frechet_distance,
     train_classifier,
 )
-from model_store.manifest import BASE_VARIANT, MANIFEST_NAME, Manifest
-from model_store.store import ModelStore, read_manifest
 from tooling.training.data import load_mnist
-from sampling.denoise import Condition, sample_to_completion, start_row, to_uint8
-from sampling.registry import get_plan
 from workers.engine import Engine
 
 

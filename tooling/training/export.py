@@ -20,9 +20,9 @@ import torch
 
 from model_store.manifest import MANIFEST_NAME, Manifest, sha256_file
 from model_store.store import DEFAULT_ROOT
+from sampling.schedule import ScheduleConfig
 from tooling.training.train import load_model
 from tooling.training.unet import UNet
-from sampling.schedule import ScheduleConfig
 
 OPSET = 17
 INPUTS = ("sample", "timestep", "class_label")

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sampling.schedule import NoiseSchedule, ScheduleConfig
 from tooling.training.data import load_mnist
 from tooling.training.unet import UNet, UNetConfig
-from sampling.schedule import NoiseSchedule, ScheduleConfig
 
 
 @dataclasses.dataclass(frozen=True)
