@@ -175,6 +175,7 @@ class Engine:
         self._check_io(manifest)
         self._input_names = [spec.name for spec in manifest.inputs]
         self._output_name = manifest.outputs[0].name
+        self._timestep_dtype = np.dtype(manifest.inputs[1].dtype)  # float32, or an export's int64
         self._condition_dtype = np.dtype(manifest.inputs[2].dtype)
         self.stats = CallStats()
         session_providers = self.providers
@@ -238,7 +239,7 @@ class Engine:
         row: [B] int64 class labels, or [B, seq, dim] hidden states, in the manifest's dtype."""
         inputs = (
             np.ascontiguousarray(sample, dtype=np.float32),
-            np.ascontiguousarray(timestep, dtype=np.float32),
+            np.ascontiguousarray(timestep, dtype=self._timestep_dtype),
             np.ascontiguousarray(condition, dtype=self._condition_dtype),
         )
         started = time.perf_counter()

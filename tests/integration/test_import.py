@@ -446,10 +446,11 @@ def test_optimum_export_is_copied_with_its_own_names(sd_src: Path, tmp_path: Pat
     result = import_pipeline(src, "tiny-sd-onnx", "1", tmp_path / "store")
     stored = ModelStore(tmp_path / "store").get("tiny-sd-onnx")
     m = stored.manifest
-    assert result.manifest == m and m.source["layout"] == "optimum" and m.source["timestep"] == "shared"
+    assert result.manifest == m and m.source["layout"] == "optimum" and m.source["timestep"] == "per-row"
+    assert "timestep_rewritten" in m.source  # the export's scalar timestep now takes one per row
     assert [(i.name, i.shape) for i in m.inputs] == [
         ("sample", ["batch_size", 4, "height", "width"]),
-        ("timestep", []),
+        ("timestep", ["batch_size"]),
         ("encoder_hidden_states", ["batch_size", "sequence_length", 32]),
     ]
     assert m.outputs[0].name == "out_sample"
@@ -464,15 +465,17 @@ def test_optimum_export_is_copied_with_its_own_names(sd_src: Path, tmp_path: Pat
         ],
     }
     stored.verify()
-    # The copied UNet still computes what torch does, for the whole batch at one timestep.
+    # The rewritten UNet computes what torch does, each row at its own timestep.
     x, ctx = np.ones((2, 4, 8, 8), np.float32), np.full((2, 16, 32), 0.5, np.float32)
-    (got,) = _session(stored.path).run(
-        None, {"sample": x, "timestep": np.array(250.0, np.float32), "encoder_hidden_states": ctx}
-    )
+    ts = np.array([250.0, 900.0], np.float32)
+    (got,) = _session(stored.path).run(None, {"sample": x, "timestep": ts, "encoder_hidden_states": ctx})
     with torch.no_grad():
         unet: Any = UNet2DConditionModel.from_pretrained(sd_src / "unet").eval()
-        want = unet(torch.from_numpy(x), 250.0, encoder_hidden_states=torch.from_numpy(ctx)).sample.numpy()
+        want = unet(
+            torch.from_numpy(x), torch.from_numpy(ts), encoder_hidden_states=torch.from_numpy(ctx)
+        ).sample.numpy()
     assert _rel_err(got, want) < 1e-4
+    assert _rel_err(got[0], got[1]) > 1e-3  # the rows' timesteps matter
     ids = np.array([[586, 320, 587] + [587] * 13], np.int64)
     (hidden, _) = _session(stored.directory / "text_encoder.onnx").run(None, {"input_ids": ids})
     assert hidden.shape == (1, 16, 32)

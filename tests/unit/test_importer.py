@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import pytest
 
 from tooling.importer.errors import ImportRefused
@@ -137,3 +139,59 @@ def test_staged_entry_is_atomic(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     with _refused("name"), staged_entry(tmp_path, "Bad Name", "1"):
         pass
+
+
+def _scalar_timestep_graph(first_op: str) -> onnx.ModelProto:
+    """timestep (a scalar) -> Unsqueeze or Mul -> Expand to the sample's batch -> output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    t = helper.make_tensor_value_info("timestep", TensorProto.FLOAT, [])
+    x = helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["batch", 2])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 2])
+    consts = [
+        numpy_helper.from_array(np.array([0], np.int64), "axes"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+    ]
+    if first_op == "Unsqueeze":
+        first = helper.make_node("Unsqueeze", ["timestep", "axes"], ["t1"])
+    else:
+        consts.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+        first = helper.make_node("Mul", ["timestep", "two"], ["t1"])
+    nodes = [
+        first,
+        helper.make_node("Shape", ["sample"], ["shape"]),
+        helper.make_node("Gather", ["shape", "axes"], ["batch"]),
+        helper.make_node("Expand", ["t1", "batch"], ["tb"]),
+        helper.make_node("Unsqueeze", ["tb", "one"], ["tcol"]),
+        helper.make_node("Mul", ["sample", "tcol"], ["out"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [x, t], [y], initializer=consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_scalar_timestep_graph_is_rewritten_to_take_one_per_row() -> None:
+    import onnxruntime as ort
+
+    from tooling.importer.timestep import per_row_timestep
+
+    model = _scalar_timestep_graph("Unsqueeze")
+    x = np.ones((3, 2), np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(
+        None, {"sample": x, "timestep": np.array(5.0, np.float32)}
+    )[0]
+    assert per_row_timestep(model, "timestep", "batch")
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString())
+    (after,) = sess.run(None, {"sample": x, "timestep": np.array([1.0, 2.0, 3.0], np.float32)})
+    assert after.tolist() == [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]  # each row at its own timestep
+    (same,) = sess.run(None, {"sample": x, "timestep": np.array([5.0], np.float32)})
+    assert same.tolist() == before.tolist()  # one timestep for all still broadcasts
+
+
+def test_a_graph_that_does_not_start_with_unsqueeze_is_left_alone() -> None:
+    from tooling.importer.timestep import per_row_timestep
+
+    model = _scalar_timestep_graph("Mul")
+    before = model.SerializeToString()
+    assert not per_row_timestep(model, "timestep", "batch")
+    assert model.SerializeToString() == before

@@ -4,8 +4,9 @@ The folder holds ``unet/model.onnx``, ``text_encoder/model.onnx``, ``vae_decoder
 (each beside its component's config.json), ``tokenizer/`` and ``scheduler/``. The graphs are
 copied, not re-exported: their I/O is read into the manifest as it is (the worker reads names
 from there), int32 inputs are widened to int64 at the graph edge, and a UNet whose timestep is
-one value for the whole batch (Optimum exports a scalar) is recorded as
-``source.timestep = "shared"``. With no torch weights, each graph is run in onnxruntime at
+one value for the whole batch (Optimum exports a scalar) is rewritten to take one per row
+(``tooling.importer.timestep``) and checked row by row, or refused with the command that
+re-exports it. With no torch weights, each graph is run in onnxruntime at
 every batch shape and served size instead of being compared with torch.
 """
 
@@ -32,6 +33,7 @@ from tooling.importer.onnx_files import (
 )
 from tooling.importer.parts import OnnxFile, Parts
 from tooling.importer.sizes import Size, check_sizes
+from tooling.importer.timestep import per_row_timestep
 from tooling.importer.tokenizer import convert_tokenizer
 
 Spec = dict[str, Any]
@@ -39,9 +41,9 @@ FOLDERS = {"unet": "unet", "text_encoder": "text_encoder", "vae_decoder": "vae_d
 SOURCES = {**OPTIMUM_FILES, "vae_decoder": OPTIMUM_VAE}
 
 
-def _copy(root: Path, component: str, staging: Path) -> tuple[OnnxFile, list[str]]:
-    """Copy one graph flat into the staging folder (int32 inputs widened); its file and the
-    inputs widened."""
+def _copy(root: Path, component: str, staging: Path, rewritten: list[str]) -> tuple[OnnxFile, list[str]]:
+    """Copy one graph flat into the staging folder (int32 inputs widened, a scalar UNet
+    timestep made per-row, named in ``rewritten``); its file and the inputs widened."""
     model = load_full(root / SOURCES[component])
     widened = widen_int32_inputs(model)
     # Graph inputs in role order (the manifest's order); ONNX does not care about it.
@@ -52,6 +54,9 @@ def _copy(root: Path, component: str, staging: Path) -> tuple[OnnxFile, list[str
         kept = [v for v in model.graph.input if v.name in weights]
         del model.graph.input[:]
         model.graph.input.extend([*ordered, *kept])
+        batch = ordered[0].type.tensor_type.shape.dim[0].dim_param or "batch"
+        if per_row_timestep(model, ordered[1].name, batch):
+            rewritten.append(ordered[1].name)
     files = save_flat(model, staging / f"{component}.onnx")
     ins, outs = io_specs(model, component)
     return OnnxFile(files[0], ins, outs, files[1:]), widened
@@ -133,9 +138,10 @@ def build(
         model_max_length=info.model_max_length,
         pad_token_id=info.pad_token_id,
     )
-    unet, widened_u = _copy(root, "unet", staging)
-    text, widened_t = _copy(root, "text_encoder", staging)
-    vae, widened_v = _copy(root, "vae_decoder", staging)
+    rewritten: list[str] = []
+    unet, widened_u = _copy(root, "unet", staging, rewritten)
+    text, widened_t = _copy(root, "text_encoder", staging, rewritten)
+    vae, widened_v = _copy(root, "vae_decoder", staging, rewritten)
 
     s_spec, t_spec, h_spec = unet.inputs
     check_dynamic_batch([s_spec, h_spec, *unet.outputs], "unet")
@@ -163,6 +169,13 @@ def build(
     )
     latents = list(dict.fromkeys((w // geometry.factor, h // geometry.factor) for w, h in served))
     mode = _timestep_mode(unet.path, unet.inputs, latents[0], seq, rng)
+    if mode != "per-row":
+        raise ImportRefused(
+            f"unet.{t_spec['name']}",
+            f"the graph takes one timestep for the whole batch ({t_spec['shape']}) and could not be "
+            "rewritten to take one per row; export the diffusers pipeline folder it came from with "
+            "`make import SRC=<that folder> NAME=<name>` instead",
+        )
 
     def unet_case(rows: int, latent: Size) -> Case:
         t_rows = rows if mode == "per-row" else 1
@@ -204,6 +217,8 @@ def build(
         k: v for k, v in (("unet", widened_u), ("text_encoder", widened_t), ("vae_decoder", widened_v)) if v
     }
     source: dict[str, Any] = {"timestep": mode, "tokenizer_prompts_checked": info.prompts_checked}
+    if rewritten:  # the scalar timestep of Optimum's export, now one per row (checked above)
+        source["timestep_rewritten"] = "Unsqueeze(timestep, [0]) -> Reshape(timestep, [-1])"
     if widened:
         source["int32_inputs_widened"] = widened
     return Parts(
