@@ -34,6 +34,14 @@ class WorkerMetrics:
             buckets=CALL_BUCKETS,
             registry=r,
         )
+        self.stage_duration = Histogram(
+            f"{PREFIX}_stage_duration_seconds",
+            "Time in a pipeline's other stages at one step: text_encoder (the prompts of the jobs "
+            "joining, one call), vae_decoder (the images finishing, one call per image size).",
+            ["model", "stage"],
+            buckets=CALL_BUCKETS,
+            registry=r,
+        )
         self.batch_images = Histogram(
             f"{PREFIX}_batch_images",
             "Images stepped together per denoiser call.",
@@ -117,6 +125,10 @@ class WorkerMetrics:
         self._batch_images.observe(images)
         self._batch_rows.observe(rows)
         self._busy.inc(busy_seconds)
+
+    def stage_call(self, stage: str, seconds: float) -> None:
+        """A step's time in the text encoder or the VAE decoder."""
+        self.stage_duration.labels(self.model, stage).observe(seconds)
 
     def in_flight(self, jobs: int, images: int) -> None:
         self.jobs_in_flight.labels(self.model).set(jobs)

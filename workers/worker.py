@@ -430,7 +430,11 @@ class Worker:
         if self.encoder is None:
             return [Condition.for_class(r.class_label, m.unconditional_class) for r in requests]
         texts = [t for r in requests for t in (r.prompt or "", r.negative_prompt or "")]
+        stats = self.encoder.component.stats
+        calls, seconds = stats.calls, stats.seconds
         states = self.encoder.encode(texts) if texts else []
+        if stats.calls > calls:  # not every prompt was cached
+            self._metrics.stage_call("text_encoder", stats.seconds - seconds)
         return [Condition.for_text(states[2 * i], states[2 * i + 1]) for i in range(len(requests))]
 
     def _sample_shape(self, job: Job) -> tuple[int, int, int]:
@@ -540,6 +544,8 @@ class Worker:
         the job terminal and acks it. All the jobs finishing at one step share one round trip
         for their results and one for their acks.
         """
+        vae = self.decoder.component
+        calls, seconds_before = (vae.stats.calls, vae.stats.seconds) if vae is not None else (0, 0.0)
         try:
             pixels = self.decoder.pixels([r.x for f in flights for r in f.rows])
         except Exception as e:  # the VAE decoder failed: these jobs fail, the worker goes on
@@ -547,6 +553,8 @@ class Worker:
             for f in flights:
                 self._finish_failed(f, ErrorType.INFERENCE_ERROR, f"decoder call failed: {type(e).__name__}")
             return
+        if vae is not None and vae.stats.calls > calls:
+            self._metrics.stage_call("vae_decoder", vae.stats.seconds - seconds_before)
         now = time.time()
         results = []
         k = 0

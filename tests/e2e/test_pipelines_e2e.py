@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Stack, wait_for
 from tests.e2e.test_jobs_e2e import fetch_images, run_concurrently
@@ -190,6 +191,18 @@ def test_text_to_image_matches_diffusers_alone_and_in_one_batch(stack: Stack, or
             assert_close(images, sd_reference(oracles["tiny-sd"], body, (4, 8, 8)), body)
         # The prompt and the seed matter: other inputs give other images.
         assert alone[0] != alone[1] and alone[0][0] != alone[0][1]
+    # The worker timed its text-encoder and VAE-decoder calls.
+    scrape = httpx.get(f"{stack.worker_urls['worker-tiny-sd']}/metrics").text
+    counts = {
+        stage: sum(
+            s.value
+            for f in text_string_to_metric_families(scrape)
+            for s in f.samples
+            if s.name == "diffq_stage_duration_seconds_count" and s.labels.get("stage") == stage
+        )
+        for stage in ("text_encoder", "vae_decoder")
+    }
+    assert counts["text_encoder"] >= 1 and counts["vae_decoder"] >= len(bodies), counts
 
 
 def test_a_second_size_matches_diffusers(stack: Stack, oracles: dict) -> None:
