@@ -158,6 +158,12 @@ class CallStats:
     last_seconds: float = 0.0
     last_rows: int = 0
 
+    def record(self, rows: int, seconds: float) -> None:
+        self.calls += 1
+        self.rows += rows
+        self.seconds += seconds
+        self.last_seconds, self.last_rows = seconds, rows
+
 
 class Engine:
     """Runs the denoiser from a manifest's ONNX file."""
@@ -196,10 +202,7 @@ class Engine:
         return list(self._session.get_providers())
 
     def _provider_entries(self, capture: bool) -> list[ProviderEntry]:
-        return [
-            (p, cuda_options(self._options.cudnn_conv_algo_search, capture)) if p == CUDA else p
-            for p in self._providers
-        ]
+        return provider_entries(self._providers, self._options, capture)
 
     def _new_session(self, providers: Sequence[ProviderEntry]) -> ort.InferenceSession:
         return new_session(self._model_path, self._options, providers)
@@ -244,12 +247,7 @@ class Engine:
         )
         started = time.perf_counter()
         out = self._dispatch(*inputs)
-        elapsed = time.perf_counter() - started
-        s = self.stats
-        s.calls += 1
-        s.rows += len(timestep)
-        s.seconds += elapsed
-        s.last_seconds, s.last_rows = elapsed, len(timestep)
+        self.stats.record(len(timestep), time.perf_counter() - started)
         return out
 
     def warm_up(self) -> float:
@@ -305,11 +303,8 @@ class Component:
 
     def __init__(self, path: Path, spec: ComponentSpec, options: EngineOptions = EngineOptions()) -> None:
         providers = choose_providers(ort.get_available_providers(), options.providers)
-        entries: list[ProviderEntry] = [
-            (p, cuda_options(options.cudnn_conv_algo_search, False)) if p == CUDA else p for p in providers
-        ]
         started = time.perf_counter()
-        self._session = new_session(path, options, entries)
+        self._session = new_session(path, options, provider_entries(providers, options, capture=False))
         self.load_seconds = time.perf_counter() - started
         self.spec = spec
         got = [i.name for i in self._session.get_inputs()][:1] + [
@@ -327,13 +322,13 @@ class Component:
             [self.spec.outputs[0].name],
             {self.spec.inputs[0].name: np.ascontiguousarray(x, dtype=self._dtype)},
         )
-        elapsed = time.perf_counter() - started
-        s = self.stats
-        s.calls += 1
-        s.rows += len(x)
-        s.seconds += elapsed
-        s.last_seconds, s.last_rows = elapsed, len(x)
+        self.stats.record(len(x), time.perf_counter() - started)
         return np.asarray(out)
+
+
+def provider_entries(providers: Sequence[str], options: EngineOptions, capture: bool) -> list[ProviderEntry]:
+    """The providers with their options (CUDA's: cuDNN search, graph capture)."""
+    return [(p, cuda_options(options.cudnn_conv_algo_search, capture)) if p == CUDA else p for p in providers]
 
 
 def new_session(

@@ -24,16 +24,7 @@ from PIL import Image
 
 from diffq import failpoints
 from diffq.failpoints import Failpoints
-from diffq.jobs import (
-    ErrorType,
-    Job,
-    JobError,
-    JobRequest,
-    Status,
-    expire,
-    image_seed,
-    transition,
-)
+from diffq.jobs import ErrorType, Job, JobError, JobRequest, Status, expire, image_seed, transition
 from diffq.store import Claimed, NewWork, RedisStore
 from model_store.manifest import Manifest
 from sampling.denoise import Condition, denoise_step, start_row
@@ -496,8 +487,8 @@ class Worker:
         """Jobs whose cancel was requested (the last progress write said so) stop here."""
         flagged, self._cancel_flags = self._cancel_flags & self.scheduler.running.keys(), set()
         for job_id in flagged:
-            flight = self.scheduler.running[job_id]
-            self.scheduler.remove(job_id)
+            flight = self.scheduler.remove(job_id)
+            assert flight is not None  # flagged only running jobs
             current = self.store.get(job_id) or flight.job
             if not current.terminal:
                 cancelled = transition(current, Status.CANCELLED, time.time())
