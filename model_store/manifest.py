@@ -233,6 +233,11 @@ class Manifest(_Strict):
     text_encoder: ComponentSpec | None = None
     tokenizer: TokenizerSpec | None = None
     source: dict[str, object] = Field(default_factory=dict, description="What the model was imported from.")
+    external_data: dict[str, str] = Field(
+        default_factory=dict,
+        description="sha256 of each file of ONNX weights kept outside a graph file (graphs over "
+        "protobuf's 2 GB limit), by file name; onnxruntime reads them from beside the graph.",
+    )
     schedule: ScheduleSpec
     sampling: SamplingSpec
     architecture: dict[str, object] = Field(default_factory=dict)
@@ -261,6 +266,9 @@ class Manifest(_Strict):
             raise ValueError("a text-to-image model needs a text_encoder and a tokenizer")
         elif self.classes or self.null_class is not None:
             raise ValueError("a text-to-image model has no classes or null_class")
+        for file, digest in self.external_data.items():
+            if not re.fullmatch(FILE_PATTERN, file) or not re.fullmatch(SHA256, digest):
+                raise ValueError(f"external_data: {file!r} needs a plain file name and a sha256")
         if (self.latent is None) != (self.vae_decoder is None):
             raise ValueError("latent and vae_decoder go together")
         factor = self.latent.factor if self.latent is not None else 1

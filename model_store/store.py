@@ -41,7 +41,7 @@ class StoredModel:
             name, _ = self.manifest.variant_file(variant)
         except ValueError as e:
             raise ModelStoreError(str(e)) from e
-        return self._inside(name)
+        return self.file_path(name)
 
     def verify(self, variant: str = BASE_VARIANT) -> Path:
         """A variant's file path after checking it exists and matches the manifest's sha256."""
@@ -51,10 +51,21 @@ class StoredModel:
             raise ModelStoreError(str(e)) from e
         return self.verify_file(name, expected)
 
+    def verify_all(self, variant: str = BASE_VARIANT) -> Path:
+        """The denoiser variant's path after checking every file the model runs from: the
+        denoiser, the other components, the tokenizer and any external weights."""
+        m = self.manifest
+        for spec in (m.text_encoder, m.vae_decoder, m.tokenizer):
+            if spec is not None:
+                self.verify_file(spec.file, spec.sha256)
+        for name, digest in m.external_data.items():
+            self.verify_file(name, digest)
+        return self.verify(variant)
+
     def verify_file(self, name: str, expected: str) -> Path:
         """Any file of this version (a denoiser variant, a pipeline component, a tokenizer),
         checked against its sha256 from the manifest."""
-        path = self._inside(name)
+        path = self.file_path(name)
         if not path.is_file():
             raise ModelStoreError(f"{self.manifest.ref}: model file {path} is missing")
         actual = sha256_file(path)
@@ -65,7 +76,8 @@ class StoredModel:
             )
         return path
 
-    def _inside(self, name: str) -> Path:
+    def file_path(self, name: str) -> Path:
+        """A file of this version by name, refused if the name leads out of its directory."""
         path = (self.directory / name).resolve()
         if not path.is_relative_to(self.directory.resolve()) or path.parent != self.directory.resolve():
             raise ModelStoreError(f"{self.manifest.ref}: model file {name!r} escapes its directory")

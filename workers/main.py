@@ -42,7 +42,7 @@ def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -
         buckets=default_buckets(settings.max_batch_rows or max(sizes_for(device))),
         cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
     )
-    engine = Engine(stored.verify(variant), stored.manifest, options)
+    engine = Engine(stored.verify_all(variant), stored.manifest, options)
     encoder, decoder = load_stages(stored, options)
     log.info(
         "model loaded",
@@ -83,19 +83,17 @@ def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -
 
 
 def load_stages(stored: StoredModel, options: EngineOptions) -> tuple[TextEncoder | None, Decoder]:
-    """The text encoder (text models) and the decoder (the VAE's for latent models), each
-    file checked against its sha256."""
+    """The text encoder (text models) and the decoder (the VAE's for latent models), from
+    files ``StoredModel.verify_all`` has checked."""
     m = stored.manifest
     encoder = None
     if m.text_encoder is not None and m.tokenizer is not None:
-        tokenizer = load_tokenizer(stored.verify_file(m.tokenizer.file, m.tokenizer.sha256), m.tokenizer)
-        component = Component(
-            stored.verify_file(m.text_encoder.file, m.text_encoder.sha256), m.text_encoder, options
-        )
+        tokenizer = load_tokenizer(stored.file_path(m.tokenizer.file), m.tokenizer)
+        component = Component(stored.file_path(m.text_encoder.file), m.text_encoder, options)
         encoder = TextEncoder(tokenizer, component)
     decoder = Decoder()
     if m.vae_decoder is not None:
-        vae = Component(stored.verify_file(m.vae_decoder.file, m.vae_decoder.sha256), m.vae_decoder, options)
+        vae = Component(stored.file_path(m.vae_decoder.file), m.vae_decoder, options)
         decoder = Decoder(m.latent, vae)
     return encoder, decoder
 

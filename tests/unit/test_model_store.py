@@ -136,3 +136,27 @@ def test_a_variant_cannot_share_the_base_file(store_copy: Path) -> None:
     edit_manifest(store_copy, variants={"fp16": spec})
     with pytest.raises(ModelStoreError, match="its own file"):
         read_manifest(store_copy)
+
+
+def test_verify_all_checks_every_file_a_pipeline_runs_from(tmp_path: Path) -> None:
+    from tests.stores import TEXT_MODEL, text_model_store
+
+    root = text_model_store(tmp_path)
+    stored = ModelStore(root).get(TEXT_MODEL)
+    assert stored.verify_all() == stored.path
+    for name in ("tokenizer.json", "text_encoder.onnx", "vae_decoder.onnx"):
+        original = (stored.directory / name).read_bytes()
+        (stored.directory / name).write_bytes(original + b"tampered")
+        with pytest.raises(ChecksumMismatch, match=name):
+            stored.verify_all()
+        (stored.directory / name).write_bytes(original)
+    # External weights are named in the manifest and checked too.
+    manifest = json.loads((stored.directory / "manifest.json").read_text())
+    manifest["external_data"] = {"unet.onnx.data": "0" * 64}
+    (stored.directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelStoreError, match="unet.onnx.data"):
+        ModelStore(root).get(TEXT_MODEL).verify_all()
+    manifest["external_data"] = {"../escape.data": "0" * 64}
+    (stored.directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelStoreError, match="external_data"):
+        ModelStore(root).get(TEXT_MODEL)

@@ -138,14 +138,13 @@ def _manifest(
         "imported_with": _versions(),
         **parts.source,
     }
-    if den.extra_files or any(f.extra_files for f in (parts.text_encoder, parts.vae_decoder) if f):
-        # The manifest's sha256 covers each .onnx file; its external weights are listed here.
-        source["external_data"] = {
-            p.name: sha256_file(p)
-            for f in (den, parts.text_encoder, parts.vae_decoder)
-            if f is not None
-            for p in f.extra_files
-        }
+    # The manifest's sha256 covers each .onnx file; weights kept outside one are listed here.
+    external_data = {
+        p.name: sha256_file(p)
+        for f in (den, parts.text_encoder, parts.vae_decoder)
+        if f is not None
+        for p in f.extra_files
+    }
     quality = {"onnx_vs_torch": {k: v.as_dict() for k, v in parts.checks.items()}}
     if len(den.inputs) != 3 or len(den.outputs) != 1:
         raise ImportRefused(
@@ -173,6 +172,7 @@ def _manifest(
             text_encoder=parts.text_encoder.component_spec() if parts.text_encoder else None,
             tokenizer=parts.tokenizer,
             source=source,
+            external_data=external_data,
             schedule=schedule,
             sampling=sampling,
             architecture=parts.architecture,
