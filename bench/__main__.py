@@ -18,6 +18,7 @@ from bench.overhead import measure_overhead
 from bench.report import Results, Step, write_report
 from bench.service import measure_service
 from bench.stack import BenchStack, batching_modes
+from bench.stages import measure_stages
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -124,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         if api is not None:
             api.close()
         stack.close()
+    step("pipeline stages")
+    try:
+        results.stages = measure_stages(args.threads, quick, args.seed)
+    except ModuleNotFoundError as e:  # building the pipeline needs the tooling (the train extra)
+        results.stages_missing = f"building the tiny SD pipeline needs {e.name} (`make test` installs it)"
+        log(results.stages_missing)
     step(None)
     results.seconds = time.monotonic() - began
     write_report(results, args.out, args.plots)

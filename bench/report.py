@@ -18,10 +18,11 @@ import matplotlib.pyplot as plt
 
 from bench.engine import EngineCurve
 from bench.gateway import GatewayThroughput
-from bench.inprocess import QUIET_SECONDS
+from bench.inprocess import QUIET_SECONDS, REST
 from bench.latency import LOADS, LatencyUnderLoad
 from bench.overhead import Overhead
 from bench.service import EngineTime, ServiceEfficiency
+from bench.stages import PipelineStages, denoiser_share
 from bench.stats import format_ratio, verdict
 
 TARGETS = {"service": 0.95, "p99": 0.6, "capacity": 1.0, "overhead_ms": 10.0, "gateway": 0.7}
@@ -48,6 +49,8 @@ class Results:
     latency: LatencyUnderLoad | None = None
     overhead: Overhead | None = None
     gateway: GatewayThroughput | None = None
+    stages: PipelineStages | None = None
+    stages_missing: str = ""  # why the pipeline stages were not measured
 
 
 def write_report(results: Results, out: Path, plots: Path) -> None:
@@ -57,6 +60,8 @@ def write_report(results: Results, out: Path, plots: Path) -> None:
         images["engine"] = plot_engine(results.engine, plots / "engine_curve.png")
     if results.latency:
         images["latency"] = plot_latency(results.latency, plots / "latency_vs_load.png")
+    if results.stages:
+        images["stages"] = plot_stages(results.stages, plots / "stage_curves.png")
     rel = {k: os.path.relpath(v, out.resolve().parent) for k, v in images.items()}
     out.write_text(render(results, rel))
     (plots / "results.json").write_text(json.dumps(_plain(results), indent=2) + "\n")
@@ -81,7 +86,7 @@ def render(r: Results, images: dict[str, str]) -> str:
             "",
         ]
     lines += _summary(r) + _machine(r) + _engine(r, images) + _service(r) + _latency(r, images)
-    lines += _overhead(r) + _gateway(r) + _reproduce()
+    lines += _overhead(r) + _gateway(r) + _stages(r, images) + _reproduce()
     return "\n".join(lines)
 
 
@@ -113,6 +118,15 @@ def _summary(r: Results) -> list[str]:
         g = r.gateway.efficiency
         rows.append(
             ("5. gateway / bare submissions per second", f"{g:.2f}x", ">= 0.70x", _v(g, "gateway", True))
+        )
+    if r.stages:
+        rows.append(
+            (
+                "6. tiny SD: worker time in denoiser calls",
+                f"{denoiser_share(r.stages):.0%} (text encoding, decoding, PNGs: see 6)",
+                "-",
+                "-",
+            )
         )
     out = ["## Summary", "", "| figure | measured | target | |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
@@ -316,6 +330,78 @@ def _gateway(r: Results) -> list[str]:
     return [*out, ""]
 
 
+def _stages(r: Results, images: dict[str, str]) -> list[str]:
+    if r.stages is None:
+        if not r.stages_missing:
+            return []
+        return ["## 6. Pipeline stages (tiny SD)", "", f"Not measured: {r.stages_missing}.", ""]
+    out = render_stages(r.stages)
+    if "stages" in images:
+        out += [f"![stage curves]({images['stages']})", ""]
+    return out
+
+
+def render_stages(p: PipelineStages) -> list[str]:
+    """Section 6: each stage's engine curve, and the worker's time per stage on a text mix."""
+    out = [
+        "## 6. Pipeline stages (tiny SD)",
+        "",
+        f"An imported text-to-image pipeline, built and imported by the run itself ({p.model}), "
+        "loaded as a worker loads it (`workers.engine.Engine`, `workers.main.load_stages`; "
+        f"{', '.join(p.providers)}, {p.threads} intra-op threads); building, exporting, checking and "
+        f"loading took {p.build_seconds:.1f} s. The figures are for this tiny model, whose stages "
+        "are all small: they show the stages' relative costs and the worker's overheads around "
+        "them, not those of a full-size SD.",
+        "",
+        "Engine curve per stage: rows per second against rows per call, random inputs (real token "
+        "ids for the text encoder), on each stage's own call clock (the onnxruntime call alone), "
+        "best of the rounds.",
+        "",
+    ]
+    for c in p.curves:
+        out += [
+            f"**{c.stage}** (a row: {c.row}; knee {c.knee} rows)",
+            "",
+            "| rows per call | rows/s | ms per call |",
+            "|---:|---:|---:|",
+        ]
+        out += [
+            f"| {s} | {c.rows_per_second[s]:.0f} | {c.ms_per_call[s]:.2f} |"
+            for s in sorted(c.rows_per_second)
+        ]
+        out.append("")
+    out += [
+        f"Where a worker's time goes: {p.jobs} guided text jobs (`bench.workload.text_mix`: 1-2 images, "
+        "8-20 steps, guidance 7.5, samplers mixed, prompts drawn from a few with repeats, a negative "
+        "prompt on about one in three, each size equally likely) run in-process through the worker's "
+        "scheduler and stages "
+        f"(`bench.inprocess.run_jobs`), {p.max_batch_rows} rows per call (the worker's start-up rule, "
+        "`workers.batching.tick_rows`, on the denoiser curve above), a fresh embedding cache; "
+        f"{p.images} images, {p.evaluations} denoiser rows, {p.seconds:.2f} s "
+        f"({p.images_per_second:.1f} images/s), the fastest of {p.runs} run(s). "
+        "Seconds by the loop's clock around each stage; ONNX calls, rows and seconds are the "
+        "stage's own counts.",
+        "",
+        "| stage | seconds | share | ONNX calls | rows per call | in ONNX |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for sh in p.shares:
+        calls = (
+            f"{sh.calls} | {sh.rows / sh.calls:.1f} | {sh.onnx_seconds:.3f} s" if sh.calls else "- | - | -"
+        )
+        out.append(f"| {sh.name} | {sh.seconds:.3f} | {sh.share:.0%} | {calls} |")
+    out += [
+        "",
+        "Text encoding is tokenizing, the embedding cache and the encoder calls; sampler math is "
+        "batch assembly, guidance and the per-row updates around the denoiser calls; decoding is "
+        "the VAE decoder's calls with the scaling and 8-bit conversion; "
+        f"{REST} is scheduling, plans and initial noise. No HTTP, Redis or status writes: a real "
+        "worker adds those.",
+        "",
+    ]
+    return out
+
+
 def _reproduce() -> list[str]:
     return [
         "## Reproducing",
@@ -356,6 +442,26 @@ def plot_engine(e: EngineCurve, path: Path) -> Path:
     ax.set_ylabel("rows per second")
     ax.set_ylim(bottom=0)
     ax.set_title(f"Denoiser throughput ({e.threads} threads)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_stages(p: PipelineStages, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for c in p.curves:
+        sizes = sorted(c.rows_per_second)
+        ax.plot(sizes, [c.rows_per_second[s] for s in sizes], "o-", label=c.stage)
+    sizes = sorted({s for c in p.curves for s in c.rows_per_second})
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sizes, [str(size) for size in sizes])
+    ax.set_xlabel("rows per call")
+    ax.set_ylabel("rows per second")
+    ax.set_title(f"Tiny SD stages ({p.threads} threads)")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()

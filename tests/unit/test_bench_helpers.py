@@ -16,7 +16,20 @@ from bench.client import parse_head, post_request
 from bench.inprocess import run_jobs
 from bench.stack import _sample
 from bench.stats import format_ratio, knee, median, percentile, ratio, verdict
-from bench.workload import MIX_SAMPLERS, MIX_STEPS, Request, job_mix, poisson_arrivals, uniform_jobs
+from bench.workload import (
+    MIX_SAMPLERS,
+    MIX_STEPS,
+    NEGATIVE_PROMPTS,
+    TEXT_GUIDANCE,
+    TEXT_IMAGES,
+    TEXT_PROMPTS,
+    TEXT_STEPS,
+    Request,
+    job_mix,
+    poisson_arrivals,
+    text_mix,
+    uniform_jobs,
+)
 from model_store.store import ModelStore
 from workers.engine import CallStats
 
@@ -97,6 +110,43 @@ def test_request_rows_and_body() -> None:
     jobs = uniform_jobs(12, "dpmpp_2m", 8, 1.5, seed=100)
     assert [j.class_label for j in jobs[:11]] == [*range(10), 0]
     assert len({j.seed for j in jobs}) == 12
+
+
+def test_text_mix_is_seeded_guided_and_in_bounds() -> None:
+    sizes = (None, (48, 32))
+    jobs = text_mix(300, seed=5, sizes=sizes, samplers=("ddim", "dpmpp_2m"))
+    assert jobs == text_mix(300, seed=5, sizes=sizes, samplers=("ddim", "dpmpp_2m"))
+    assert jobs != text_mix(300, seed=6, sizes=sizes, samplers=("ddim", "dpmpp_2m"))
+    assert {j.sampler for j in jobs} == {"ddim", "dpmpp_2m"}
+    assert {j.steps for j in jobs} == set(range(TEXT_STEPS[0], TEXT_STEPS[1] + 1))
+    assert {j.num_images for j in jobs} == set(range(TEXT_IMAGES[0], TEXT_IMAGES[1] + 1))
+    assert {(j.width, j.height) for j in jobs} == {(None, None), (48, 32)}
+    assert all(j.class_label is None and j.guidance_scale == TEXT_GUIDANCE for j in jobs)
+    # Prompts repeat (a few drawn many times); about a third carry a negative prompt.
+    assert {j.prompt for j in jobs} == set(TEXT_PROMPTS)
+    negatives = [j.negative_prompt for j in jobs if j.negative_prompt is not None]
+    assert set(negatives) == set(NEGATIVE_PROMPTS) and 0.2 < len(negatives) / len(jobs) < 0.45
+    assert len({j.seed for j in jobs}) == len(jobs)
+
+
+def test_text_request_resolves_and_posts_its_prompt_and_size() -> None:
+    job = Request("ddim", 10, None, 7.5, seed=3, num_images=2, prompt="a cat", width=48, height=32)
+    req = job.job_request("tiny-sd")
+    assert (req.model, req.prompt, req.negative_prompt, req.width, req.height) == (
+        "tiny-sd",
+        "a cat",
+        None,
+        48,
+        32,
+    )
+    assert req.guided and job.rows_per_step == 4 and job.evaluations == 40
+    body = job.body()
+    assert (body["prompt"], body["width"], body["height"]) == ("a cat", 48, 32)
+    assert "negative_prompt" not in body  # unset fields are left to the gateway's defaults
+    assert (
+        Request("ddim", 10, None, 7.5, seed=3, prompt="a", negative_prompt="b").body()["negative_prompt"]
+        == "b"
+    )
 
 
 def test_raw_http_head_parsing() -> None:
