@@ -108,7 +108,9 @@ class ModelStore:
 
     def models(self) -> list[StoredModel]:
         """Every model version with a manifest, sorted by name then version."""
-        return [read_manifest(m.parent) for m in sorted(self.root.glob(f"*/*/{MANIFEST_NAME}"))]
+        found = sorted(self.root.glob(f"*/*/{MANIFEST_NAME}"))
+        # Hidden folders are the importer's staging and leftovers, never entries.
+        return [read_manifest(m.parent) for m in found if not m.parent.parent.name.startswith(".")]
 
     def get(self, name: str, version: str | None = None) -> StoredModel:
         """A model by name, at ``version`` or its newest version."""

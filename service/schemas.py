@@ -12,9 +12,10 @@ from diffq.jobs import SEED_MAX
 MAX_PROMPT_CHARS = 2000  # per prompt; the tokenizer truncates far earlier (77 tokens for CLIP)
 MAX_SIZE = 4096  # pixels per side, the manifest's own bound; each model serves only its `sizes`
 
-# C0 control characters other than tab, line feed and carriage return, and DEL: never part of
-# a prompt, and a NUL or escape sequence would end up in logs and records verbatim.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# C0 control characters other than tab, line feed and carriage return, DEL and the C1 controls
+# (U+0080-U+009F, among them the 8-bit CSI): never part of a prompt, and a NUL or escape
+# sequence would end up in logs and records verbatim.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def _no_control_characters(value: str | None) -> str | None:

@@ -21,13 +21,39 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from model_store.manifest import LatentSpec, TokenizerSpec
+from diffq.jobs import JobRequest
+from model_store.manifest import LatentSpec, Manifest, TokenizerSpec
 from sampling.denoise import to_uint8
 from workers.engine import Component
 
 # Prompts whose hidden states a worker keeps: the empty negative prompt of every unguided or
 # default-negative job, and prompts that repeat (a client retrying, a batch of variations).
 EMBEDDING_CACHE = 256
+
+
+class PromptError(ValueError):
+    """A prompt the tokenizer cannot take (the job's fault, not the model's)."""
+
+
+def sample_shape(request: JobRequest, manifest: Manifest) -> tuple[int, int, int]:
+    """The denoiser's sample shape for a job, after checking the job fits the model: the kind
+    of condition (a prompt for a text model, at most a class for a class model) and a served
+    size (both sides or neither). The gateway checks the same; a job can also reach the queue
+    past it (an older gateway, a hand-written entry). ValueError says what does not fit."""
+    m = manifest
+    if m.kind == "text-to-image":
+        if request.prompt is None:
+            raise ValueError(f"{m.ref} is a text-to-image model: the job needs a prompt")
+        if request.class_label is not None:
+            raise ValueError(f"{m.ref} is a text-to-image model: it takes no class_label")
+    elif request.prompt is not None or request.negative_prompt is not None:
+        raise ValueError(f"{m.ref} is a class-conditional model: it takes no prompt or negative_prompt")
+    if (request.width is None) != (request.height is None):
+        raise ValueError("width and height go together")
+    size = (request.width or m.image.width, request.height or m.image.height)
+    if size not in m.served_sizes:
+        raise ValueError(f"{m.ref} does not serve {size[0]}x{size[1]}; sizes: {m.served_sizes}")
+    return m.sample_shape(*size)
 
 
 def load_tokenizer(path: Path, spec: TokenizerSpec) -> Tokenizer:
@@ -39,8 +65,18 @@ def load_tokenizer(path: Path, spec: TokenizerSpec) -> Tokenizer:
 
 
 def token_ids(tokenizer: Tokenizer, prompts: Sequence[str]) -> np.ndarray:
-    """int64 [n, model_max_length] ids, as the pipeline's own tokenizer gives them."""
-    return np.array([e.ids for e in tokenizer.encode_batch(list(prompts))], dtype=np.int64)
+    """int64 [n, model_max_length] ids, as the pipeline's own tokenizer gives them;
+    PromptError naming the first prompt it cannot take (e.g. a lone surrogate)."""
+    try:
+        encoded = tokenizer.encode_batch(list(prompts))
+    except Exception:
+        for i, prompt in enumerate(prompts):
+            try:
+                tokenizer.encode(prompt)
+            except Exception as e:
+                raise PromptError(f"prompt {i} cannot be tokenized: {type(e).__name__}") from e
+        raise
+    return np.array([e.ids for e in encoded], dtype=np.int64)
 
 
 class TextEncoder:

@@ -27,14 +27,14 @@ from diffq.failpoints import Failpoints
 from diffq.jobs import ErrorType, Job, JobError, JobRequest, Status, expire, image_seed, transition
 from diffq.store import Claimed, NewWork, RedisStore
 from model_store.manifest import Manifest
-from sampling.denoise import Condition, denoise_step, start_row
+from sampling.denoise import Condition, RowState, denoise_step, start_row
 from sampling.registry import get_plan
 from workers.batching import BatchPolicy, free_rows, keep_gathering
 from workers.config import WorkerSettings
 from workers.engine import Engine
 from workers.metrics import WorkerMetrics
-from workers.pipeline import Decoder, TextEncoder
-from workers.scheduler import InFlight, Scheduler
+from workers.pipeline import Decoder, PromptError, TextEncoder, sample_shape
+from workers.scheduler import Batch, InFlight, Scheduler
 
 log = logging.getLogger("diffq.worker")
 
@@ -386,27 +386,41 @@ class Worker:
 
     def _begin(self, *jobs: tuple[Claimed, Job]) -> None:
         """Jobs now recorded as running join the in-flight set with their first rows; the
-        prompts of all of them go through the text encoder in one call."""
-        for _, running in jobs:
+        prompts of all of them go through the text encoder in one call. A job that does not
+        fit the model fails alone, and so does one whose prompt the encoder cannot take."""
+        fitting: list[tuple[Claimed, Job, tuple[int, int, int]]] = []
+        for claimed, running in jobs:
             self._metrics.started(running)
-        try:
-            conditions = self._conditions([j.request for _, j in jobs])
-        except Exception as e:  # the text encoder failed: these jobs fail, the worker goes on
-            log.exception("text encoder call failed")
-            for claimed, running in jobs:
-                failed = Flight(running, claimed, [])
-                self._finish_failed(
-                    failed, ErrorType.INFERENCE_ERROR, f"text encoder failed: {type(e).__name__}"
-                )
-            return
-        for (claimed, running), condition in zip(jobs, conditions, strict=True):
-            req = running.request
             try:
-                plan = get_plan(self.manifest.schedule.to_config(), req.sampler, req.steps)
-                shape = self._sample_shape(running)
+                get_plan(self.manifest.schedule.to_config(), running.request.sampler, running.request.steps)
+                fitting.append((claimed, running, sample_shape(running.request, self.manifest)))
             except ValueError as e:
                 self._finish_failed(Flight(running, claimed, []), ErrorType.INVALID_REQUEST, str(e))
+        try:
+            conditions: list[Condition | Exception] = list(
+                self._conditions([j.request for _, j, _ in fitting])
+            )
+        except Exception:  # one job's prompt, or the encoder: find out job by job
+            conditions = []
+            for _, job, _ in fitting:
+                try:
+                    conditions.extend(self._conditions([job.request]))
+                except Exception as e:
+                    conditions.append(e)
+        for (claimed, running, shape), condition in zip(fitting, conditions, strict=True):
+            if isinstance(condition, Exception):
+                if isinstance(condition, PromptError):
+                    kind, message = ErrorType.INVALID_REQUEST, str(condition)
+                else:
+                    log.error("text encoder call failed", exc_info=condition)
+                    kind, message = (
+                        ErrorType.INFERENCE_ERROR,
+                        f"text encoder failed: {type(condition).__name__}",
+                    )
+                self._finish_failed(Flight(running, claimed, []), kind, message)
                 continue
+            req = running.request
+            plan = get_plan(self.manifest.schedule.to_config(), req.sampler, req.steps)
             rows = [
                 start_row(plan, image_seed(req.seed, i), condition, req.guidance_scale, shape)
                 for i in range(req.num_images)
@@ -427,15 +441,6 @@ class Worker:
         if stats.calls > calls:  # not every prompt was cached
             self._metrics.stage_call("text_encoder", stats.seconds - seconds)
         return [Condition.for_text(states[2 * i], states[2 * i + 1]) for i in range(len(requests))]
-
-    def _sample_shape(self, job: Job) -> tuple[int, int, int]:
-        """The denoiser's sample shape for the job's image size; ValueError for a size the
-        model does not serve (the gateway checks it too)."""
-        req, m = job.request, self.manifest
-        size = (req.width or m.image.width, req.height or m.image.height)
-        if size not in m.served_sizes:
-            raise ValueError(f"{m.ref} does not serve {size[0]}x{size[1]}; sizes: {m.served_sizes}")
-        return m.sample_shape(*size)
 
     def _dead_letter(self, claimed: Claimed, job: Job) -> None:
         """Park a job delivered ``max_attempts`` times without finishing: it fails, the others go on."""
@@ -504,14 +509,22 @@ class Worker:
         stats = self.engine.stats
         rows_before, seconds_before = stats.rows, stats.seconds
         prediction_type = self.manifest.schedule.prediction_type
-        try:
-            outputs = [denoise_step(group, self.engine.run, prediction_type) for group in batch.groups]
-        except Exception as e:  # the model failed: these jobs fail, the worker goes on
-            log.exception("denoiser call failed")
-            for f in list(self.scheduler.running.values()):
-                self._finish_failed(f, ErrorType.INFERENCE_ERROR, f"denoiser call failed: {type(e).__name__}")
-            return
-        result = self.scheduler.update(batch, outputs)
+        ran = Batch([], [])  # the groups whose call went through
+        outputs: list[list[RowState]] = []
+        failed: dict[str, str] = {}
+        for group, slots in zip(batch.groups, batch.slots, strict=True):
+            try:
+                outputs.append(denoise_step(group, self.engine.run, prediction_type))
+            except Exception as e:  # the model failed: this call's jobs fail, the others go on
+                log.exception("denoiser call failed")
+                failed |= {job_id: f"denoiser call failed: {type(e).__name__}" for job_id, _ in slots}
+                continue
+            ran.groups.append(group)
+            ran.slots.append(slots)
+        for job_id, message in failed.items():
+            if (flight := self.scheduler.running.get(job_id)) is not None:
+                self._finish_failed(flight, ErrorType.INFERENCE_ERROR, message)
+        result = self.scheduler.update(ran, outputs)
         now = time.monotonic()  # the finished jobs' steps go with their results
         if result.continuing and now - self._last_progress >= self.settings.progress_interval_ms / 1000:
             self._cancel_flags = self.store.set_progress({f.job.id: f.step for f in result.continuing})
@@ -535,23 +548,12 @@ class Worker:
         the job terminal and acks it. All the jobs finishing at one step share one round trip
         for their results and one for their acks.
         """
-        vae = self.decoder.component
-        calls, seconds_before = (vae.stats.calls, vae.stats.seconds) if vae is not None else (0, 0.0)
-        try:
-            pixels = self.decoder.pixels([r.x for f in flights for r in f.rows])
-        except Exception as e:  # the VAE decoder failed: these jobs fail, the worker goes on
-            log.exception("decoder call failed")
-            for f in flights:
-                self._finish_failed(f, ErrorType.INFERENCE_ERROR, f"decoder call failed: {type(e).__name__}")
-            return
-        if vae is not None and vae.stats.calls > calls:
-            self._metrics.stage_call("vae_decoder", vae.stats.seconds - seconds_before)
+        pixels = self._pixels(flights)
+        flights = tuple(f for f in flights if f.job.id in pixels)
         now = time.time()
         results = []
-        k = 0
         for f in flights:
-            pngs = [encode_png(p) for p in pixels[k : k + len(f.rows)]]
-            k += len(f.rows)
+            pngs = [encode_png(p) for p in pixels[f.job.id]]
             done = transition(
                 f.job, Status.SUCCEEDED, now, step=f.step, image_count=len(pngs), worker=self.worker_id
             )
@@ -569,6 +571,32 @@ class Worker:
             if not ok:
                 self._done_with(f.handle, f.job.id)
             self.scheduler.remove(f.job.id)
+
+    def _pixels(self, flights: tuple[Flight, ...]) -> dict[str, list[np.ndarray]]:
+        """Each finished job's images as pixels: one decoder call per image size, over the
+        jobs finishing together. A failed call fails its jobs; the others go on."""
+        by_shape: dict[tuple[int, ...], list[Flight]] = {}
+        for f in flights:
+            by_shape.setdefault(f.rows[0].shape, []).append(f)
+        vae = self.decoder.component
+        seconds = vae.stats.seconds if vae is not None else 0.0
+        out: dict[str, list[np.ndarray]] = {}
+        for group in by_shape.values():
+            try:
+                pixels = self.decoder.pixels([r.x for f in group for r in f.rows])
+            except Exception as e:  # the VAE decoder failed: these jobs fail
+                log.exception("decoder call failed")
+                for f in group:
+                    self._finish_failed(
+                        f, ErrorType.INFERENCE_ERROR, f"decoder call failed: {type(e).__name__}"
+                    )
+                continue
+            k = 0
+            for f in group:
+                out[f.job.id], k = pixels[k : k + len(f.rows)], k + len(f.rows)
+        if vae is not None and vae.stats.seconds > seconds:
+            self._metrics.stage_call("vae_decoder", vae.stats.seconds - seconds)
+        return out
 
     def _finish_failed(self, f: Flight, kind: ErrorType, message: str) -> None:
         current = self.store.get(f.job.id) or f.job

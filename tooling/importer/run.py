@@ -23,7 +23,7 @@ from tooling.importer.layout import PipelineLayout, read_config, read_layout
 from tooling.importer.onnx_files import OPSET
 from tooling.importer.parts import Parts
 from tooling.importer.schedule import sampling_spec, schedule_spec
-from tooling.importer.sizes import Size
+from tooling.importer.sizes import Size, check_bounds
 from tooling.importer.store_entry import check_ref, staged_entry
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ def import_pipeline(
     """
     opts = options or ImportOptions()
     check_ref(name, version)
+    check_bounds(opts.sizes)
     layout = read_layout(src, drop_safety_checker=opts.drop_safety_checker)
     schedule = schedule_spec(read_config(src, "scheduler", "scheduler_config.json"))
     guidance = DEFAULT_GUIDANCE[layout.kind] if opts.guidance_scale is None else opts.guidance_scale

@@ -7,6 +7,14 @@ from collections.abc import Iterable
 from tooling.importer.errors import ImportRefused
 
 Size = tuple[int, int]  # (width, height) in pixels
+MAX_SIDE = 4096  # as model_store.manifest.SizeSpec
+
+
+def check_bounds(sizes: Iterable[Size]) -> None:
+    """Refuse a side outside 1..MAX_SIDE before any work is done, naming ``sizes``."""
+    for w, h in sizes:
+        if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
+            raise ImportRefused("sizes", f"{w}x{h}: each side must be within 1..{MAX_SIDE} pixels")
 
 
 def parse_sizes(text: str) -> list[Size]:

@@ -44,8 +44,11 @@ def staged_entry(store: Path, name: str, version: str, *, overwrite: bool = Fals
         yield staging
         dest.parent.mkdir(exist_ok=True)
         if dest.exists():  # --overwrite: move the old entry aside first, drop it after
+            # Two levels down, where the store's <name>/<version>/manifest.json never looks:
+            # a kill before the delete leaves a folder no reader mistakes for a model.
             old = Path(tempfile.mkdtemp(prefix=f".replaced-{name}-{version}-", dir=store))
-            dest.rename(old / version)
+            (old / "old").mkdir()
+            dest.rename(old / "old" / version)
             staging.rename(dest)
             shutil.rmtree(old, ignore_errors=True)
         else:
