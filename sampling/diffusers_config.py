@@ -124,24 +124,18 @@ def max_steps(config: ScheduleConfig) -> int:
     "leading" with ``steps_offset=1`` at 1000 steps) or repeat one (DPM-Solver's "linspace" at
     1000 steps): diffusers fails or divides by zero there.
     """
-    names = samplers_for(config)
-    for n in range(config.num_train_timesteps, 0, -1):
-        try:
-            for name in names:
-                get_plan(config, name, n)
-        except ValueError:
-            continue
-        return n
-    raise UnsupportedSchedule(
-        "num_train_timesteps", config.num_train_timesteps, "no step count can be planned"
-    )
+    return _first_plannable(config, range(config.num_train_timesteps, 0, -1))
 
 
 def min_steps(config: ScheduleConfig) -> int:
     """The smallest step count every sampler for this schedule can plan (1, except e.g. flow
     matching with ``shift_terminal``, whose single-step schedule is 0 / 0 in diffusers too)."""
+    return _first_plannable(config, range(1, config.num_train_timesteps + 1))
+
+
+def _first_plannable(config: ScheduleConfig, counts: range) -> int:
     names = samplers_for(config)
-    for n in range(1, config.num_train_timesteps + 1):
+    for n in counts:
         try:
             for name in names:
                 get_plan(config, name, n)

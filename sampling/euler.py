@@ -18,7 +18,7 @@ import numpy as np
 from sampling.plan import StepPlan
 from sampling.schedule import NoiseSchedule
 from sampling.scheduler_view import check_common_vp, require, sampler_view
-from sampling.spacing import check_in_range, fractional_timesteps
+from sampling.spacing import check_in_range, euler_init_sigma, fractional_timesteps
 
 SCHEDULER = "EulerDiscreteScheduler"
 LEGACY: dict[str, Any] = {"timestep_spacing": "linspace"}
@@ -59,9 +59,7 @@ def plan(schedule: NoiseSchedule, num_steps: int) -> StepPlan:
     # (which differs from the VP form only when the final sigma is sigma_min, not zero).
     scale_to[-1] = 1.0
     ratio = s_to / s_from
-    init_sigma = (
-        sig.max() if view["timestep_spacing"] in ("linspace", "trailing") else np.sqrt(sig.max() ** 2 + 1)
-    )
+    init_sigma = euler_init_sigma(sig, view["timestep_spacing"])  # diffusers: x_sigma = N(0, I) * it
     return StepPlan(
         sampler="euler",
         timesteps=ts.astype(np.float32),

@@ -18,7 +18,7 @@ import numpy as np
 from sampling.plan import StepPlan
 from sampling.schedule import NoiseSchedule
 from sampling.scheduler_view import check_common_vp, sampler_view
-from sampling.spacing import check_in_range, fractional_timesteps
+from sampling.spacing import check_in_range, euler_init_sigma, fractional_timesteps
 
 SCHEDULER = "EulerAncestralDiscreteScheduler"
 LEGACY: dict[str, Any] = {"timestep_spacing": "linspace"}
@@ -46,11 +46,7 @@ def plan(schedule: NoiseSchedule, num_steps: int) -> StepPlan:
     scale_from = np.sqrt(s_from**2 + 1.0)  # x_sigma = x_vp * scale
     scale_to = np.sqrt(s_to**2 + 1.0)
     ratio = s_down / s_from
-    # diffusers draws x_sigma = N(0, I) * init_noise_sigma: max(sigma) for linspace and
-    # trailing spacing, sqrt(max(sigma)^2 + 1) otherwise.
-    init_sigma = (
-        sig.max() if view["timestep_spacing"] in ("linspace", "trailing") else np.sqrt(sig.max() ** 2 + 1)
-    )
+    init_sigma = euler_init_sigma(sig, view["timestep_spacing"])  # diffusers: x_sigma = N(0, I) * it
     return StepPlan(
         sampler="euler_ancestral",
         timesteps=ts.astype(np.float32),

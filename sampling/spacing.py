@@ -74,3 +74,10 @@ def check_in_range(sampler: str, timesteps: np.ndarray, num_train_timesteps: int
         )
     if len(timesteps) > 1 and not np.all(np.diff(timesteps) < 0):
         raise ValueError(f"{sampler}: {len(timesteps)} steps repeat a timestep with this schedule's spacing")
+
+
+def euler_init_sigma(sigmas: np.ndarray, timestep_spacing: str) -> float:
+    """diffusers' Euler schedulers' ``init_noise_sigma``: max(sigma) for linspace and trailing
+    spacing, sqrt(max(sigma)^2 + 1) otherwise."""
+    top = float(sigmas.max())
+    return top if timestep_spacing in ("linspace", "trailing") else float(np.sqrt(top**2 + 1))

@@ -24,6 +24,7 @@ from diffusers import (
 from sampling.plan import StepCoefficients, apply_update
 from sampling.registry import get_plan
 from sampling.schedule import NoiseSchedule, PredictionType, ScheduleConfig
+from tooling.tiny_pipelines import SD15_SCHEDULER
 
 CONFIG = ScheduleConfig(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
 SHAPE = (2, 1, 6, 6)
@@ -163,18 +164,7 @@ def test_rejects_unknown_sampler_and_bad_steps() -> None:
 # --- Imported pipelines: each sampler against diffusers' scheduler built from the pipeline's own
 # scheduler config with ``from_config``, exactly as a user would swap schedulers.
 
-SD15_PNDM = {
-    "_class_name": "PNDMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
+SD15_PNDM = SD15_SCHEDULER  # SD 1.5's own scheduler config
 SD2_V_DDIM = {
     "_class_name": "DDIMScheduler",
     "_diffusers_version": "0.8.0",
