@@ -11,6 +11,7 @@ the same image, within 2/255 per pixel.
 from __future__ import annotations
 
 import io
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from diffq.store import RedisStore
 from tests.conftest import Stack, wait_for
+from tests.e2e.test_faults import FAST_LEASES, TERMINAL, eventually, running_on, submit
 from tests.e2e.test_jobs_e2e import fetch_images, run_concurrently
 
 torch = pytest.importorskip("torch")
@@ -283,3 +286,37 @@ def test_rectified_flow_model_matches_diffusers(
         assert model["samplers"] == ["flow_euler"] and model["prediction_type"] == "flow"
         (images,) = run_alone(client, [body])
     assert_close(images, flow_reference(oracles["tiny-flow"], body, (4, 8, 8)), body)
+
+
+def test_text_jobs_of_a_killed_worker_finish_once_elsewhere_and_cancel_mid_run(
+    make_stack: Callable[..., Stack], store: Path
+) -> None:
+    """Exactly once holds for text jobs too: prompts are encoded again by the worker that
+    takes the jobs over, and the rerun gives the same bytes; a cancel stops a text job."""
+    stack = make_stack(**FAST_LEASES, DIFFQ_MODEL_STORE=str(store / "store"), DIFFQ_DEFAULT_MODEL="tiny-sd")
+    stack.start_gateway()
+    stack.start_worker("worker-a", DIFFQ_MODEL="tiny-sd")
+    stack.wait_ready(timeout=120)
+    long = {"prompt": PROMPTS[0], "steps": 400, "sampler": "euler", "guidance_scale": 3.0}
+    bodies = [long | {"seed": 500 + i, "negative_prompt": f"n{i}", "num_images": 1 + i % 2} for i in range(3)]
+    records = RedisStore(stack.env["REDIS_URL"], stack.env["DIFFQ_KEY_PREFIX"])
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        ids = [submit(client, b) for b in bodies]
+        cancel_id = submit(client, long | {"seed": 9})
+
+        def all_running() -> list[str] | None:
+            running = running_on(records, [*ids, cancel_id], "worker-a")
+            return running if len(running) == 4 else None
+
+        eventually(all_running, 60, "four text jobs running on worker-a")
+        assert client.delete(f"/v1/jobs/{cancel_id}").status_code == 202
+        assert wait_for(client, cancel_id, TERMINAL)["status"] == "cancelled"
+        assert stack.stop("worker-a", signal.SIGKILL) == -signal.SIGKILL
+        stack.start_worker("worker-b", DIFFQ_MODEL="tiny-sd")
+        jobs = [wait_for(client, i, TERMINAL, timeout=120) for i in ids]
+        for body, job in zip(bodies, jobs, strict=True):
+            assert job["status"] == "succeeded", job
+            rec = records.get(job["id"])
+            assert rec is not None and rec.worker == "worker-b" and rec.attempts == 2
+            assert fetch_images(client, job) == run_alone(client, [body])[0]
+        assert records.get_image(cancel_id, 0) is None
