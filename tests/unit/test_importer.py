@@ -195,3 +195,11 @@ def test_a_graph_that_does_not_start_with_unsqueeze_is_left_alone() -> None:
     before = model.SerializeToString()
     assert not per_row_timestep(model, "timestep", "batch")
     assert model.SerializeToString() == before
+
+
+def test_a_text_encoder_fed_an_attention_mask_is_refused() -> None:
+    from tooling.importer.geometry import check_text_encoder
+
+    check_text_encoder({"hidden_size": 32})  # CLIP as SD ships it: ids only
+    with pytest.raises(ImportRefused, match=r"^text_encoder\.use_attention_mask"):
+        check_text_encoder({"use_attention_mask": True})

@@ -19,7 +19,7 @@ import torch
 from model_store.manifest import TokenizerSpec, sha256_file
 from tooling.importer.checks import Case, Check, compare
 from tooling.importer.errors import ImportRefused
-from tooling.importer.geometry import Geometry, dit_geometry, unet_geometry
+from tooling.importer.geometry import Geometry, check_text_encoder, dit_geometry, unet_geometry
 from tooling.importer.graphs import (
     BATCH,
     LATENT_AXES,
@@ -116,6 +116,7 @@ def build(
     if layout.kind == "text-to-image":
         den_cfg = read_config(root, "unet")
         text_cfg = read_config(root, "text_encoder")
+        check_text_encoder(text_cfg)
         geometry = unet_geometry(den_cfg, vae_cfg, text_cfg.get("hidden_size"))
     else:
         den_cfg = read_config(root, "transformer")

@@ -22,7 +22,7 @@ import numpy as np
 from model_store.manifest import TokenizerSpec, sha256_file
 from tooling.importer.checks import Case, run_onnx, session, smoke
 from tooling.importer.errors import ImportRefused
-from tooling.importer.geometry import unet_geometry
+from tooling.importer.geometry import check_text_encoder, unet_geometry
 from tooling.importer.layout import OPTIMUM_FILES, OPTIMUM_VAE, PipelineLayout, read_config
 from tooling.importer.onnx_files import (
     check_dynamic_batch,
@@ -127,6 +127,7 @@ def build(
     unet_cfg = read_config(root, "unet")
     vae_cfg = read_config(root, "vae_decoder")
     text_cfg = read_config(root, "text_encoder") if (root / "text_encoder" / "config.json").is_file() else {}
+    check_text_encoder(text_cfg)
     geometry = unet_geometry(unet_cfg, vae_cfg, text_cfg.get("hidden_size"))
 
     info = convert_tokenizer(

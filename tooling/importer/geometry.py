@@ -81,6 +81,13 @@ def _vae(vae: dict[str, Any], in_channels: int, denoiser: str) -> tuple[int, flo
     return int(latent), float(scaling)
 
 
+def check_text_encoder(text: dict[str, Any]) -> None:
+    """Refuse a text encoder diffusers' pipeline feeds an attention mask (``use_attention_mask``):
+    the served graph takes the token ids alone, as the pipeline does for CLIP by default."""
+    if text.get("use_attention_mask"):
+        raise ImportRefused("text_encoder.use_attention_mask", "true: an attention-mask input is not served")
+
+
 def unet_geometry(unet: dict[str, Any], vae: dict[str, Any], text_hidden: int | None) -> Geometry:
     """A UNet2DConditionModel's geometry; ``text_hidden``: the text encoder's hidden size."""
     for key in UNET_UNSERVED:
