@@ -298,3 +298,16 @@ def test_a_store_with_an_interrupted_overwrite_still_serves(store: Path, tmp_pat
             shutil.copy2(f, staging / f.name)
     monkeypatch.undo()
     assert [m.manifest.name for m in ModelStore(root).models()] == [DIT]
+
+
+# ---- start-up -----------------------------------------------------------------------------------
+
+
+def test_a_text_model_worker_measures_its_tick_and_warms_up(valkey: str, store: Path) -> None:
+    """With no tick configured the worker measures its denoiser at start-up, feeding it
+    hidden-state conditions (a text model's, not class labels); jobs at the second size run."""
+    worker = build_worker(worker_settings(valkey, "unused", model=SD, model_store=store, max_batch_rows=0))
+    assert 1 <= worker.settings.max_batch_rows <= 256
+    assert worker.engine.stats.calls > 0  # the calibration's calls
+    redis, (job,) = serve(valkey, store, SD, [request(SD, prompt="a cat", width=WIDE[0], height=WIDE[1])])
+    assert job.status == Status.SUCCEEDED and image(redis, job).shape == (WIDE[1], WIDE[0], 3)
