@@ -28,9 +28,10 @@ class CommonSettings(BaseSettings):
     )
     result_ttl_seconds: int = Field(
         default=3600,
-        ge=10,
+        ge=1,
         le=30 * 86400,
-        description="How long job records and images live after their last change.",
+        description="How long job records and images live once the job has ended (queued and "
+        "running jobs never expire).",
     )
     model_store: Path = Field(default=DEFAULT_ROOT, description="Root of the model store.")
     redis_timeout_seconds: float = Field(

@@ -16,8 +16,9 @@ Pub/sub channels: ``<p>:done:<id>`` announces a job's terminal status (``Prefer:
 ``<p>:new:<model>`` announces each submission to busy workers (``NewWork``).
 
 Status changes are compare-and-set on the status the caller read, so a worker finishing a job
-and a client cancelling it cannot both win. Records expire ``ttl`` seconds after their last
-status change.
+and a client cancelling it cannot both win. A record lives as long as its job is queued or
+running, however long that takes; it (and its images) expire ``ttl`` seconds after the job
+turns terminal.
 """
 
 from __future__ import annotations
@@ -98,7 +99,6 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 13))
 local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1], 'work', ARGV[3])
 redis.call('PUBLISH', ARGV[12], entry)
 redis.call('HSET', KEYS[1], 'entry', entry)
-redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('INCRBY', KEYS[4], ARGV[3])
@@ -133,8 +133,13 @@ local function transition(o)
     if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
     else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
   end
-  redis.call('EXPIRE', KEYS[1], ARGV[o + 3])
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[o + 3]) end
+  -- A live job's record never expires; a terminal one's (and its images) after the TTL.
+  if ARGV[o + 6] == '1' then
+    redis.call('EXPIRE', KEYS[1], ARGV[o + 3])
+    if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[o + 3]) end
+  else
+    redis.call('PERSIST', KEYS[1])
+  end
   if ARGV[o + 6] == '1' then
     redis.call('ZREM', KEYS[3], ARGV[o + 4])
     redis.call('PUBLISH', KEYS[5], ARGV[o + 2])

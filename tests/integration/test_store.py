@@ -130,14 +130,24 @@ def test_progress_write_reports_requested_cancels(store: RedisStore) -> None:
     assert store.cancel_requested([a.id, b.id]) == {b.id}
 
 
-def test_records_and_images_expire_after_the_ttl(valkey: str, prefix: str) -> None:
+def test_a_record_lives_while_its_job_does_then_for_the_ttl(valkey: str, prefix: str) -> None:
+    """A job queued or running longer than the TTL is still there (and so are its books);
+    once terminal, its record and images expire after the TTL."""
     short = RedisStore(valkey, prefix=prefix, ttl_seconds=1)
     short.ensure_group(MODEL)
     job = new_job()
     short.submit(job)
-    short.put_images(job.id, [b"png"])
+    time.sleep(1.3)  # queued past the TTL
+    queued = short.get(job.id)
+    assert queued is not None and queued.status == Status.QUEUED
+    running = transition(queued, Status.RUNNING, time.time(), worker="w")
+    assert short.save_transition(queued, running)
+    time.sleep(1.3)  # running past the TTL
     assert short.get(job.id) is not None
-    time.sleep(1.3)
+    done = transition(running, Status.SUCCEEDED, time.time(), image_count=1)
+    assert short.store_results([(running, done, [b"png"])]) == [True]
+    assert short.get(job.id) is not None and short.get_image(job.id, 0) == b"png"
+    time.sleep(1.3)  # terminal past the TTL
     assert short.get(job.id) is None and short.get_image(job.id, 0) is None
 
 
