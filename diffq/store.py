@@ -199,7 +199,13 @@ local mine, gone = {}, {}
 for i = 3, #ARGV do
   if held[ARGV[i]] then table.insert(mine, ARGV[i]) else table.insert(gone, ARGV[i]) end
 end
-if #mine > 0 then redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(mine)) end
+if #mine > 0 then
+  -- JUSTID: a renewal resets the idle time without counting as another delivery
+  local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+  for _, id in ipairs(mine) do table.insert(args, id) end
+  table.insert(args, 'JUSTID')
+  redis.call(unpack(args))
+end
 return gone
 """
 

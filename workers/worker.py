@@ -372,6 +372,11 @@ class Worker:
             self._done_with(claimed, job.id, finished=self._expire(job, now))
             return
         if job.status == Status.RUNNING:  # reclaimed from a dead worker: back through queued
+            if job.worker != self.worker_id and self.store.renew(self.model, self.worker_id, [claimed]):
+                # A stale delivery: this worker was paused past its lease after claiming the
+                # entry, and another worker reclaimed it and runs the job now. Let it go.
+                log.info("stale delivery let go", extra={"job_id": job.id, "worker": self.worker_id})
+                return
             requeued = transition(job, Status.QUEUED, now)
             if not self.store.save_transition(job, requeued):
                 self._done_with(claimed, job.id)

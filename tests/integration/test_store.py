@@ -257,3 +257,14 @@ def test_batched_transitions_survive_a_lost_script_cache(store: RedisStore, valk
     assert store.store_results([(rb, done, [b"png"])]) == [True]
     assert store.get(b.id).status == Status.SUCCEEDED  # type: ignore[union-attr]
     assert store.get_image(b.id, 0) == b"png"
+
+
+def test_lease_renewals_do_not_count_as_deliveries(store: RedisStore) -> None:
+    jobs = [new_job(i) for i in range(2)]
+    for j in jobs:
+        store.submit(j)
+    claimed = store.claim(MODEL, "w1", 2, None)
+    for _ in range(3):
+        assert store.renew(MODEL, "w1", claimed) == []
+    pending = store._r.xpending_range(store._queue(MODEL, Priority.NORMAL), "workers", "-", "+", 10)
+    assert [p["times_delivered"] for p in pending] == [1, 1]

@@ -120,3 +120,37 @@ def test_workers_take_high_priority_jobs_first(valkey: str, prefix: str) -> None
     assert all(d is not None and d.status == Status.SUCCEEDED for d in done)
     started = {d.request.priority: d.started_at for d in done if d}
     assert started[Priority.HIGH] < started[Priority.NORMAL] < started[Priority.LOW]  # type: ignore[operator]
+
+
+def test_a_stale_delivery_is_let_go_not_restarted(valkey: str, prefix: str) -> None:
+    """Worker A reclaims the job of a dead worker and pauses past its lease before starting it;
+    worker B reclaims the entry from A and runs the job. When A resumes it must leave the job
+    to B: no requeue (the status would flicker), no second start, no extra attempt."""
+    store = RedisStore(valkey, prefix=prefix)
+    store.ensure_group(MODEL)
+    job = queued(4)
+    store.submit(job)
+    assert len(store.claim(MODEL, "ghost", 1, None)) == 1  # a worker that then died
+    assert store.save_transition(job, transition(job, Status.RUNNING, time.time(), worker="ghost"))
+    time.sleep(0.4)
+    a = build_worker(worker_settings(valkey, prefix, lease_seconds=0.3, worker_id="w-a"))
+    a._resume()
+    assert a._reclaim(force=True)  # waiting to start; its copy says running under the ghost
+    time.sleep(0.4)  # A is paused past its lease; B reclaims the entry from A and starts the job
+    b = build_worker(worker_settings(valkey, prefix, lease_seconds=0.3, worker_id="w-b"))
+    b._resume()
+    assert b._reclaim(force=True)
+    b._admit()
+    running = store.get(job.id)
+    assert running is not None and (running.status, running.worker, running.attempts) == (
+        Status.RUNNING,
+        "w-b",
+        2,
+    )
+    a._admit()  # A resumes where it paused
+    after = store.get(job.id)
+    assert after is not None and (after.status, after.worker, after.attempts) == (Status.RUNNING, "w-b", 2)
+    assert job.id not in a.scheduler.running
+    b.run(burst=True)
+    done = store.get(job.id)
+    assert done is not None and done.status == Status.SUCCEEDED and done.worker == "w-b"
