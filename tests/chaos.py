@@ -3,7 +3,9 @@
 Starts its own Valkey (append-only, ``appendfsync always``) on a fixed port, a gateway and N
 workers with short leases; submits a mix of jobs (samplers, steps, image counts; some of them
 cancelled soon after) at a steady rate; and at random times SIGKILLs a worker (starting a new
-one in its place) or SIGKILLs Valkey (restarting it on the same port and data). Every job
+one in its place), SIGKILLs Valkey (restarting it on the same port and data), or pauses a
+worker with SIGSTOP for two to three leases (its jobs are reclaimed by the others) and then
+resumes it with SIGCONT: the resumed worker must let go of what was taken from it. Every job
 accepted with 202 goes into a ledger. When the load stops, the driver waits for each to be
 terminal, reads every result again and reports:
 
@@ -63,6 +65,7 @@ class Counts:
     cancels_sent: int = 0
     worker_kills: int = 0
     redis_kills: int = 0
+    worker_pauses: int = 0
 
 
 class Chaos:
@@ -112,6 +115,16 @@ class Chaos:
         log(f"killed {name}")
         time.sleep(self.rng.uniform(0, 1))
         self._new_worker()
+
+    def pause_worker(self) -> None:
+        name = self.rng.choice(self.workers)
+        proc = self.stack.procs[name]
+        paused = self.rng.uniform(2.0, 3.0) * self.args.lease
+        proc.send_signal(signal.SIGSTOP)
+        self.counts.worker_pauses += 1
+        log(f"paused {name} for {paused:.1f}s")
+        time.sleep(paused)
+        proc.send_signal(signal.SIGCONT)
 
     def kill_redis(self) -> None:
         self.redis_down.set()
@@ -198,6 +211,7 @@ class Chaos:
     def faults(self, duration: float) -> None:
         """Spread the kills over the load window, one per slot, at a random point of each."""
         kinds = ["worker"] * self.args.worker_kills + ["redis"] * self.args.redis_kills
+        kinds += ["pause"] * self.args.worker_pauses
         self.rng.shuffle(kinds)
         started = time.monotonic()
         window = (0.1 * duration, 0.8 * duration)
@@ -206,7 +220,7 @@ class Chaos:
             at = window[0] + slot * (i + self.rng.uniform(0.2, 0.8))
             if self.stop_load.wait(max(0.0, started + at - time.monotonic())):
                 return
-            self.kill_worker() if kind == "worker" else self.kill_redis()
+            {"worker": self.kill_worker, "redis": self.kill_redis, "pause": self.pause_worker}[kind]()
 
     # ---- checking ----------------------------------------------------------------------
     def poll(self, client: httpx.Client, entry: Entry) -> None:
@@ -320,6 +334,7 @@ class Chaos:
             "cancels_sent": self.counts.cancels_sent,
             "worker_kills": self.counts.worker_kills,
             "redis_kills": self.counts.redis_kills,
+            "worker_pauses": self.counts.worker_pauses,
         }
 
 
@@ -336,6 +351,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cancel-fraction", type=float, default=0.1, help="share of jobs cancelled soon after")
     p.add_argument("--worker-kills", type=int, help="default: one per 20 s of load")
     p.add_argument("--redis-kills", type=int, help="default: one per 45 s of load")
+    p.add_argument(
+        "--worker-pauses", type=int, help="SIGSTOP past the lease, then SIGCONT; default: one per 30 s"
+    )
     p.add_argument("--lease", type=float, default=1.5, help="DIFFQ_LEASE_SECONDS for the workers")
     p.add_argument("--drain-seconds", type=float, default=90.0, help="how long to wait for the last jobs")
     p.add_argument("--seed", type=int, default=None, help="for a reproducible schedule and load")
@@ -347,6 +365,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.worker_kills = max(1, round(args.duration / 20))
     if args.redis_kills is None:
         args.redis_kills = max(1, round(args.duration / 45))
+    if args.worker_pauses is None:
+        args.worker_pauses = max(1, round(args.duration / 30))
     if args.seed is None:
         args.seed = random.randrange(2**32)
     return args
