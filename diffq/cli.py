@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,18 +50,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         from diffq.serve import ServeSettings, serve
 
-        sys.exit(serve(ServeSettings()))
+        sys.exit(serve(_settings(ServeSettings)))
     elif args.command == "gateway":
         from service.config import GatewaySettings
         from service.main import run_gateway
 
-        run_gateway(GatewaySettings())
+        run_gateway(_settings(GatewaySettings))
     elif args.command == "worker":
         from workers.config import WorkerSettings
         from workers.main import run_worker
 
         overrides = {k: v for k, v in (("worker_id", args.name), ("model", args.model)) if v}
-        run_worker(WorkerSettings(**overrides), burst=args.burst)
+        run_worker(_settings(WorkerSettings, **overrides), burst=args.burst)
     elif args.command == "submit":
         from diffq.client import submit
 
@@ -90,3 +92,19 @@ def main(argv: list[str] | None = None) -> None:
         from tooling.importer.__main__ import main as import_main
 
         import_main(rest)
+
+
+S = TypeVar("S")
+
+
+def _settings(cls: Callable[..., S], **overrides: Any) -> S:
+    """A process's settings, or a short message and exit status 2 for invalid ones (values
+    are never echoed: the settings hide their input in errors, secrets included)."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**overrides)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc']) or '?'}: {err['msg']}" for err in e.errors()]
+        print("diffq: invalid settings:\n" + "\n".join(lines), file=sys.stderr)
+        sys.exit(2)

@@ -8,15 +8,33 @@ environment at import time. Variables use the ``DIFFQ_`` prefix; ``REDIS_URL``, 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_store.store import DEFAULT_ROOT
 
 
+def redacted_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to print or log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DIFFQ_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a validation error never echoes a value (a Redis URL's password,
+    # an API key list) to the terminal or a log.
+    model_config = SettingsConfigDict(
+        env_prefix="DIFFQ_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
@@ -48,6 +66,20 @@ class CommonSettings(BaseSettings):
         default="127.0.0.1",
         description="Address the process's HTTP server listens on (0.0.0.0 in containers).",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError as e:
+            raise ValueError(f"REDIS_URL {redacted_url(url)} is not a valid URL ({e})") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"REDIS_URL {redacted_url(url)}: the scheme must be redis://, rediss:// or unix://"
+            )
+        return url
 
     @property
     def worker_liveness_seconds(self) -> float:
