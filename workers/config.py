@@ -105,6 +105,26 @@ class WorkerSettings(CommonSettings):
     worker_port: int = Field(
         default=9200, ge=1, le=65535, description="HTTP port for /livez, /readyz and /metrics."
     )
+    probe_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="On the probe port, each request (line and headers) must arrive within this of "
+        "the connection opening or of the previous answer; an idle connection closes after it.",
+    )
+    probe_max_header_bytes: int = Field(
+        default=8192,
+        ge=1024,
+        le=1 << 20,
+        description="Largest request line plus headers on the probe port; past it, 431 and close.",
+    )
+    probe_max_connections: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Connections the probe port holds (one thread serves them all); past it a new "
+        "one closes the connection that has waited longest.",
+    )
     stall_seconds: float = Field(
         default=120.0,
         gt=0,

@@ -7,7 +7,9 @@ ready rather than as a dead container.
 from __future__ import annotations
 
 import logging
+import sys
 
+from diffq.exits import PROBE_PORT_EXIT
 from diffq.logs import setup_logging
 from diffq.store import RedisStore
 from model_store.store import ModelStore, StoredModel
@@ -16,7 +18,7 @@ from workers.buckets import default_buckets, worker_buckets
 from workers.calibration import measure_curve, sizes_for
 from workers.config import WorkerSettings
 from workers.engine import Component, Engine, EngineOptions, choose_variant, planned_device
-from workers.http import WorkerHealth, start_http
+from workers.http import ProbeLimits, ProbePortError, WorkerHealth, start_http
 from workers.metrics import WorkerMetrics
 from workers.pipeline import Decoder, TextEncoder, load_tokenizer
 from workers.worker import Worker, install_signal_handlers
@@ -101,7 +103,11 @@ def load_stages(stored: StoredModel, options: EngineOptions) -> tuple[TextEncode
 def run_worker(settings: WorkerSettings, burst: bool = False) -> None:
     setup_logging(settings.log_level)
     health = WorkerHealth(stall_seconds=settings.stall_seconds)
-    server = start_http(settings.host, settings.worker_port, health)
+    try:
+        server = start_http(settings.host, settings.worker_port, health, ProbeLimits.from_settings(settings))
+    except ProbePortError as e:  # one line, not a traceback; `serve` knows the status and backs off
+        log.error(str(e), extra={"port": settings.worker_port})
+        sys.exit(PROBE_PORT_EXIT)
     try:
         worker = build_worker(settings, health)
         health.last_tick = lambda: worker.last_tick

@@ -1,15 +1,32 @@
 """`diffq serve`'s worker plan (pure): WORKERS per model, per-model overrides, distinct names
-and probe ports."""
+and probe ports; and the pure parts of its supervision (back-off, lock, exit reasons)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
 from pathlib import Path
+from typing import cast
 
 import pytest
 from pydantic import ValidationError
 
-from diffq.serve import ServeSettings, WorkerSlot, parse_workers_per_model, worker_plan
+from diffq.serve import (
+    Child,
+    DataDirLocked,
+    ServeSettings,
+    WorkerSlot,
+    backoff_delay,
+    describe_exit,
+    lock_data_dir,
+    next_failures,
+    parse_workers_per_model,
+    worker_plan,
+)
 from tests.stores import MNIST, TEXT_MODEL, text_model_store
+from workers.http import ProbePortError, WorkerHealth, start_http
 
 
 def test_every_model_gets_workers_numbered_across_models() -> None:
@@ -80,3 +97,78 @@ def test_settings_read_the_counts_and_plan_over_the_store(
     monkeypatch.setenv("DIFFQ_WORKERS_PER_MODEL", "other=1")
     with pytest.raises(ValueError, match="other"):
         ServeSettings().plan()
+
+
+# Supervision (pure parts): the restart back-off, the exit descriptions, the data-dir lock.
+
+
+def test_backoff_doubles_per_failure_up_to_the_cap() -> None:
+    assert [backoff_delay(n, 0.5, 30) for n in range(9)] == [0, 0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert backoff_delay(10_000, 0.2, 5) == 5  # no overflow however long it keeps failing
+
+
+def test_a_child_that_ran_long_enough_starts_its_backoff_afresh() -> None:
+    assert next_failures(0, 0.1) == 1
+    assert next_failures(4, 2.0, stable=30) == 5
+    assert next_failures(4, 30.0, stable=30) == 1
+
+
+def test_exits_in_words() -> None:
+    assert describe_exit(1) == "exited with 1"
+    assert describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
+
+
+class FakeProc:
+    """Stands in for a Popen: ``code`` is what poll() answers (None while running)."""
+
+    def __init__(self) -> None:
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+def test_child_restarts_with_backoff_and_is_up_only_once_its_probe_passes() -> None:
+    procs: list[FakeProc] = []
+    probe = {"ok": False}
+
+    def spawn() -> subprocess.Popen[bytes]:
+        procs.append(FakeProc())
+        return cast("subprocess.Popen[bytes]", procs[-1])
+
+    child = Child("worker-0 (m)", spawn, lambda: probe["ok"])
+    assert child.check(0.0, 1.0, 4.0) is None and len(procs) == 1  # started
+    assert not child.up and child.why == "is starting"
+    for crash_at, delay in [(1.0, 1.0), (3.0, 2.0), (6.0, 4.0), (11.0, 4.0)]:
+        procs[-1].code = 1
+        line = child.check(crash_at, 1.0, 4.0)
+        assert line == f"worker-0 (m) exited with 1; restarting in {delay:.1f}s"
+        assert child.check(crash_at + delay - 0.01, 1.0, 4.0) is None and procs[-1].code == 1  # waits
+        child.check(crash_at + delay, 1.0, 4.0)
+        assert procs[-1].code is None and not child.up  # restarted, not up until its probe passes
+    assert child.history == [1.0, 2.0, 4.0, 4.0]
+    probe["ok"] = True
+    assert child.check(20.0, 1.0, 4.0) == "worker-0 (m) is up again" and child.up
+    procs[-1].code = -signal.SIGKILL  # a crash long after the last start: back to the first delay
+    assert child.check(60.0, 1.0, 4.0) == "worker-0 (m) was killed by SIGKILL; restarting in 1.0s"
+
+
+def test_data_dir_lock_refuses_a_second_holder_naming_the_dir_and_pid(tmp_path: Path) -> None:
+    data = tmp_path / "valkey"
+    fd = lock_data_dir(data)
+    try:
+        assert (data / "serve.lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(DataDirLocked, match=rf"{data}.*pid {os.getpid()}"):
+            lock_data_dir(data)
+    finally:
+        os.close(fd)
+    os.close(lock_data_dir(data))  # released with its descriptor
+
+
+def test_a_taken_probe_port_is_one_clear_error_naming_the_variable() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ProbePortError, match=rf"127\.0\.0\.1:{port}.*DIFFQ_WORKER_PORT"):
+            start_http("127.0.0.1", port, WorkerHealth(stall_seconds=1))
