@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from tqdm import tqdm
+
+SUBMIT_ATTEMPTS = 5  # a 503 or a lost connection is retried this many times in all
+MAX_RETRY_WAIT_SECONDS = 30.0  # a longer Retry-After is cut to this
+POLL_RETRY_SECONDS = 1.0  # a poll that got a 503 or no answer waits this long before the next
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -35,8 +42,8 @@ def submit(args: argparse.Namespace) -> int:
     key = args.api_key or os.environ.get("DIFFQ_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(base_url=args.url, timeout=10, headers=headers) as client:
-        r = client.post("/v1/jobs", json=body)
-        if r.status_code != 202:
+        r = post_job(client, body)
+        if r.status_code not in (200, 202):
             print(f"submit failed ({r.status_code}): {r.text}")
             return 1
         job = r.json()
@@ -48,7 +55,7 @@ def submit(args: argparse.Namespace) -> int:
                     print("timed out waiting for the job")
                     return 1
                 time.sleep(0.1)
-                job = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
+                job = _poll(client, job)
                 bar.n = job["progress"]["step"]
                 bar.set_postfix(status=job["status"], queue=job["queue_position"])
                 bar.refresh()
@@ -61,3 +68,64 @@ def submit(args: argparse.Namespace) -> int:
             path.write_bytes(client.get(image["url"]).raise_for_status().content)
             print(f"saved {path} (seed {image['seed']})")
     return 0
+
+
+def post_job(
+    client: httpx.Client,
+    body: dict[str, Any],
+    attempts: int = SUBMIT_ATTEMPTS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> httpx.Response:
+    """POST the job with a fresh Idempotency-Key, retried with the same key after a 503 (once
+    its Retry-After has passed) or a lost connection; the last response.
+
+    The key makes retrying safe: a submission whose answer was lost (a timeout between the
+    gateway and its store, say) may have been accepted, and its retry then returns that job
+    rather than queueing a second one.
+    """
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    for attempt in range(1, attempts + 1):
+        last = attempt == attempts
+        try:
+            r = client.post("/v1/jobs", json=body, headers=headers)
+        except httpx.TransportError as e:
+            if last:
+                raise
+            wait = 1.0
+            print(f"submit: no answer ({type(e).__name__}); retrying in {wait:g}s")
+        else:
+            if r.status_code != 503 or last:
+                return r
+            wait = retry_after(r)
+            print(f"submit: {r.status_code} ({_error_message(r)}); retrying in {wait:g}s")
+        sleep(wait)
+    raise AssertionError("unreachable")  # the last attempt returned or raised
+
+
+def retry_after(r: httpx.Response, default: float = 1.0) -> float:
+    """The response's Retry-After in seconds (delta-seconds form), capped; ``default`` without one."""
+    try:
+        seconds = float(r.headers.get("Retry-After", default))
+    except ValueError:
+        seconds = default
+    return min(MAX_RETRY_WAIT_SECONDS, max(0.0, seconds))
+
+
+def _poll(client: httpx.Client, job: dict[str, Any]) -> dict[str, Any]:
+    """The job read again; a 503 or a lost connection (the store restarting) keeps what we had."""
+    try:
+        r = client.get(f"/v1/jobs/{job['id']}")
+    except httpx.TransportError:
+        time.sleep(POLL_RETRY_SECONDS)
+        return job
+    if r.status_code == 503:
+        time.sleep(min(retry_after(r), POLL_RETRY_SECONDS))
+        return job
+    return dict(r.raise_for_status().json())
+
+
+def _error_message(r: httpx.Response) -> str:
+    try:
+        return str(r.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return r.text[:200]

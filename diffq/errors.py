@@ -14,11 +14,18 @@ class ServiceError(Exception):
     status: ClassVar[int] = 500
     retryable: ClassVar[bool] = False
 
-    def __init__(self, message: str, details: Any = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        details: Any = None,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
         self.retry_after = retry_after
+        self.headers = dict(headers or {})  # extra response headers (Location, say)
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"type": self.type, "message": self.message}
@@ -52,6 +59,9 @@ class PayloadTooLarge(ServiceError):
 
 
 class Unavailable(ServiceError):
+    """The job store cannot serve the request now (out of reach, restarting, full, read-only):
+    ``details.reason`` says which; retry after Retry-After."""
+
     type = "unavailable"
     status = 503
     retryable = True

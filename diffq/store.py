@@ -19,6 +19,10 @@ Status changes are compare-and-set on the status the caller read, so a worker fi
 and a client cancelling it cannot both win. A record lives as long as its job is queued or
 running, however long that takes; it (and its images) expire ``ttl`` seconds after the job
 turns terminal.
+
+Every Redis error is translated here, in one place (``fault``): the gateway's calls raise
+``Unavailable`` (503 with Retry-After, never a 500), and ``RedisStore.UNREACHABLE`` is what
+workers back off on, whatever Redis said (out of reach, loading, out of memory, read-only...).
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import redis
@@ -40,7 +46,23 @@ from redis.exceptions import ResponseError
 from diffq.errors import Overloaded, RateLimited, TooManyJobs, Unavailable
 from diffq.jobs import ANONYMOUS, PRIORITIES, Job, JobError, JobRequest, Priority, Status
 
+try:  # redis-py 7.1 and later
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    # On RESP3, redis-py 8 turns maintenance notifications on ("auto"), and with them on its
+    # pools skip the check that a connection taken from the pool is still open: after a
+    # Valkey restart the first command on every pooled connection failed (503s for nothing).
+    # One Valkey sends no such notifications: off, the pool reconnects a closed connection.
+    _CLIENT_OPTIONS: dict[str, Any] = {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+except ImportError:  # older redis-py: no notifications, the pool checks connections itself
+    _CLIENT_OPTIONS = {}
+
+log = logging.getLogger("diffq.store")
+
 GROUP = "workers"
+# A ``Prefer: wait`` whose subscription failed subscribes again after this long (it read the
+# record meanwhile), so a wait across a Valkey restart polls at this pace until it is back.
+_WAIT_RETRY_SECONDS = 0.1
 
 # A Lua helper the stream scripts share: a consumer group's XINFO GROUPS fields, or nil.
 _GROUP_FIELDS = """
@@ -67,8 +89,13 @@ end
 #       fingerprint, tokens per second (0: no limit), burst, group, the model's new-work
 #       channel (announced to busy workers, see ``NewWork``), then the record's field/value
 #       pairs.
+#
+# The shebang makes Valkey refuse the whole script with OOM while the store is past
+# ``maxmemory``: without one, a script is refused only if its first write may grow memory, and
+# ZREMRANGEBYSCORE (a write that never does) would let a submission through a full store.
 _SUBMIT = (
-    _GROUP_FIELDS
+    "#!lua\n"
+    + _GROUP_FIELDS
     + """
 if ARGV[7] == '1' then
   local seen = redis.call('GET', KEYS[5])
@@ -345,7 +372,7 @@ class NewWork:
                 if message is None:
                     break
                 got = True
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        except (redis.RedisError, OSError):
             return True
         return got
 
@@ -362,7 +389,11 @@ class RedisStore:
         self.ttl = int(ttl_seconds)
         # Typed as Any: redis-py's stubs type replies as unions of every RESP type.
         self._r: Any = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=10,
+            **_CLIENT_OPTIONS,
         )
         # A blocking read must return before the socket times out, or an idle wait would look
         # like a dead server: cap blocks at half the timeout and let callers poll again.
@@ -463,7 +494,10 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         if self._aio is None or self._aio_loop is not loop:
             self._aio = redis.asyncio.Redis.from_url(
-                self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+                self._url,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                **_CLIENT_OPTIONS,
             )
             self._aio_loop = loop
             self._aio_submit_script = self._aio.register_script(_SUBMIT)
@@ -484,18 +518,43 @@ class RedisStore:
 
         Subscribes to the job's channel before reading its status, so a finish between the
         two is not missed; one pub/sub connection per waiting call, on the event loop (a
-        waiting client holds no thread).
+        waiting client holds no thread). A store restart is no reason to fail a wait: a
+        subscription that fails or breaks is made again (reading the record meanwhile, in
+        case the job ended) until the deadline. Never raises for the store: the caller's read
+        of the job afterwards is what answers 503 if the store is still away.
         """
-        with _unavailable():
-            pubsub = self._async().pubsub(ignore_subscribe_messages=True)
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                await pubsub.subscribe(self._done_channel(job_id))
+                await self._wait_on_channel(job_id, deadline)
+                return
+            except (redis.RedisError, OSError) as e:
+                log.debug(  # every retry while the store is away: not for the usual log
+                    "job wait lost its subscription; retrying",
+                    extra={"job_id": job_id, "error": type(e).__name__},
+                )
+            with contextlib.suppress(Unavailable):
                 job = await self.get_async(job_id)
-                deadline = time.monotonic() + timeout
-                while job is not None and not job.terminal and (left := deadline - time.monotonic()) > 0:
-                    if await pubsub.get_message(timeout=min(left, 0.5)) is not None:
-                        return
-            finally:
+                if job is None or job.terminal:
+                    return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, _WAIT_RETRY_SECONDS))
+
+    async def _wait_on_channel(self, job_id: str, deadline: float) -> None:
+        """Until the job's channel announces its end, it is terminal or gone, or ``deadline``;
+        Redis errors are raised untranslated."""
+        pubsub = self._async().pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._done_channel(job_id))
+            raw = await self._async().hgetall(self._job(job_id))
+            job = _decode(job_id, raw) if raw else None
+            while job is not None and not job.terminal and (left := deadline - time.monotonic()) > 0:
+                if await pubsub.get_message(timeout=min(left, 0.5)) is not None:
+                    return
+        finally:
+            with contextlib.suppress(redis.RedisError, OSError):
                 await pubsub.aclose()
 
     def _submit_call(
@@ -827,24 +886,121 @@ class RedisStore:
         with _unavailable():
             return int(self._r.zcount(self._workers(model), now - within_seconds, "+inf"))
 
-    # Errors that mean "Redis cannot be reached right now": back off and try again. Callers
-    # catch these rather than importing redis themselves.
-    UNREACHABLE: ClassVar[tuple[type[Exception], ...]] = (
-        redis.ConnectionError,
-        redis.TimeoutError,
-        Unavailable,
-    )
+    # Every error of the store: Redis out of reach, restarting, full, read-only, refusing a
+    # command. Workers back off on these and keep what they hold. Callers catch these rather
+    # than importing redis themselves; ``RedisStore.fault`` says which kind it was.
+    UNREACHABLE: ClassVar[tuple[type[Exception], ...]] = (redis.RedisError, Unavailable)
+
+    @staticmethod
+    def fault(error: BaseException) -> Fault:
+        """What a store error means (see ``fault``)."""
+        return fault(error)
 
     # results, exactly once ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Fault:
+    """A Redis error in the service's words: what clients are told and how callers react."""
+
+    reason: str  # a stable word for details.reason: unreachable, timeout, loading, full, ...
+    message: str  # for clients: what the store is doing, and that a retry is the remedy
+    retry_after: float  # seconds, for Retry-After
+    transient: bool  # out of reach or restarting (an outage), rather than refusing a command
+    maybe_applied: bool  # no answer came back: the command may have run anyway
+    error: str = ""  # the Redis error's type, for logs
+    detail: str = ""  # and its message (a refused script's says which and where), for logs
+
+    def unavailable(self, **details: Any) -> Unavailable:
+        """The 503 for this fault; ``details`` are added to the body's details."""
+        return Unavailable(self.message, {"reason": self.reason, **details}, retry_after=self.retry_after)
+
+
+# Error codes redis-py leaves in the message of a plain ResponseError (it strips the codes it
+# maps to classes); in a pipeline the message is prefixed, in a script suffixed.
+_STATE_CODES = re.compile(r"(?:^|error: )(MISCONF|BUSY|NOREPLICAS|UNBLOCKED)\b")
+
+
+def fault(error: BaseException) -> Fault:
+    """The kind of a Redis error, or of the ``Unavailable`` raised for one.
+
+    Every Redis error is a fault of the store, never of the request: the gateway answers 503
+    with Retry-After, workers back off. Connection-level errors are an outage (``transient``);
+    the others are the server refusing a command: full (``maxmemory`` with ``noeviction``),
+    read-only, unable to persist, busy, or refusing it outright (which also covers a bug in
+    one of our scripts: the log says which).
+    """
+    if isinstance(error, Unavailable) and isinstance(error.__cause__, redis.RedisError):
+        error = error.__cause__
+    return replace(_classify(error), error=type(error).__name__, detail=str(error)[:500])
+
+
+def _classify(error: BaseException) -> Fault:
+    exc = redis.exceptions
+    code = _STATE_CODES.search(str(error))
+    if isinstance(error, exc.BusyLoadingError):
+        return Fault(
+            "loading", "the job store is loading its data after a restart; retry shortly", 1, True, False
+        )
+    if isinstance(error, (exc.AuthenticationError, exc.AuthorizationError)):
+        return Fault(
+            "refused", "the job store refused this service's credentials; retry later", 5, False, False
+        )
+    if isinstance(error, redis.TimeoutError):
+        return Fault("timeout", "the job store did not answer in time; retry shortly", 1, True, True)
+    if isinstance(error, redis.ConnectionError):
+        return Fault("unreachable", "the job store is unreachable; retry shortly", 1, True, True)
+    if isinstance(error, exc.OutOfMemoryError):
+        return Fault(
+            "full", "the job store is full (maxmemory) and refuses new writes; retry later", 5, False, False
+        )
+    if isinstance(error, exc.ReadOnlyError):
+        return Fault(
+            "read_only",
+            "the job store is read-only (a replica, or a failover); retry shortly",
+            1,
+            False,
+            False,
+        )
+    if code is not None and code.group(1) == "MISCONF":
+        return Fault(
+            "cannot_persist",
+            "the job store cannot write to its disk and refuses writes; retry later",
+            5,
+            False,
+            False,
+        )
+    if code is not None or isinstance(error, (exc.TryAgainError, exc.ClusterDownError)):
+        return Fault("busy", "the job store is busy; retry shortly", 1, False, False)
+    if isinstance(error, exc.ResponseError):
+        return Fault("refused", "the job store refused a request; retry later", 5, False, False)
+    return Fault("error", "the job store failed; retry later", 5, False, False)
+
+
+_REFUSAL_LOG_SECONDS = 10.0  # a full store refuses every submission: one line per kind this often
+_refusals_logged: dict[str, float] = {}
+
+
 @contextmanager
 def _unavailable() -> Iterator[None]:
-    """Redis trouble becomes the service's 503, never a hang or a 500."""
+    """Any Redis error becomes the service's 503 (``fault``), never a hang or a 500.
+
+    A refusal (not an outage) is logged with the error's type and message, at most once per
+    kind every few seconds: a full store, or a broken script, must be visible to an operator.
+    """
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as e:
-        raise Unavailable("the job store is unavailable; retry shortly", retry_after=1) from e
+    except redis.RedisError as e:
+        f = fault(e)
+        if not f.transient:
+            now = time.monotonic()
+            if now - _refusals_logged.get(f.error, -_REFUSAL_LOG_SECONDS) >= _REFUSAL_LOG_SECONDS:
+                _refusals_logged[f.error] = now
+                log.warning(
+                    "redis refused a command",
+                    extra={"error": f.error, "detail": f.detail, "reason": f.reason},
+                )
+        raise f.unavailable() from e
 
 
 _MUTABLE_FIELDS = ("started_at", "finished_at", "step", "attempts", "worker", "error", "image_count")

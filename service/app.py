@@ -26,6 +26,7 @@ from diffq.errors import (
     PayloadTooLarge,
     ServiceError,
     Unauthorized,
+    Unavailable,
 )
 from diffq.jobs import ANONYMOUS, Job, Status, expire, new_job_id, transition
 from diffq.metrics import exposition
@@ -52,6 +53,26 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (429, "Rate limit or in-flight job limit of this key; see Retry-After"),
         (503, "The queue is full or the job store is unavailable; see Retry-After"),
     ]
+}
+RETRY_AFTER_HEADER = {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
+# A submission the job store did not answer (a timeout, a connection lost mid-call) may have
+# been accepted all the same: its 503 names the job, which the gateway chose before the call.
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    503: {
+        "model": ErrorBody,
+        "description": "The queue is full or the job store is unavailable (`details.reason`: `full`, "
+        "`unreachable`, `timeout`, ...); see Retry-After. When the store did not answer, the job may "
+        "have been accepted anyway: `details.job_id` and `Location` name it. GET it (404: it was not "
+        "accepted), or retry with the same Idempotency-Key, which returns it if it was.",
+        "headers": {
+            "Retry-After": RETRY_AFTER_HEADER,
+            "Location": {
+                "description": "Only when the outcome is unknown: the job's URL, to look it up",
+                "schema": {"type": "string"},
+            },
+        },
+    },
 }
 
 
@@ -164,7 +185,7 @@ def create_app(settings: GatewaySettings, store: RedisStore | None = None) -> Fa
 
 
 def _add_routes(app: FastAPI) -> None:
-    @app.post("/v1/jobs", status_code=202, response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
+    @app.post("/v1/jobs", status_code=202, response_model=JobView, responses=SUBMIT_RESPONSES, tags=["jobs"])
     async def submit_job(
         body: JobCreate,
         state: StateDep,
@@ -182,7 +203,12 @@ def _add_routes(app: FastAPI) -> None:
         fingerprint = (
             hashlib.sha256(body.model_dump_json().encode()).hexdigest() if idempotency_key is not None else ""
         )
-        submitted = await state.store.submit_async(job, state.limits, idempotency_key, fingerprint)
+        try:
+            submitted = await state.store.submit_async(job, state.limits, idempotency_key, fingerprint)
+        except Unavailable as e:
+            if RedisStore.fault(e).maybe_applied:
+                raise _maybe_accepted(e, job.id) from e
+            raise
         if submitted.replay_of is not None:
             if not submitted.same_request:
                 raise IdempotencyConflict("this Idempotency-Key was used for a different request")
@@ -308,6 +334,18 @@ async def _load_async(state: State, job_id: str, owner: str) -> Job:
     return job
 
 
+def _maybe_accepted(error: Unavailable, job_id: str) -> Unavailable:
+    """The 503 for a submission the store did not answer: the script may have run, so the
+    client gets the id it would have had, to look it up rather than guess."""
+    location = f"/v1/jobs/{job_id}"
+    return Unavailable(
+        f"{error.message}; the job may have been accepted: GET {location} tells (404 if it was not)",
+        {**(error.details or {}), "job_id": job_id},
+        retry_after=error.retry_after,
+        headers={"Location": location},
+    )
+
+
 def _owned(job: Job | None, job_id: str, owner: str) -> Job:
     """The job if it exists and is the caller's; otherwise a 404, the same for both."""
     if job is None or job.owner != owner:
@@ -352,6 +390,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         resp = _error_response(exc.status, exc.to_dict(), exc.retry_after)
+        resp.headers.update(exc.headers)
         if exc.status == 401:
             resp.headers["WWW-Authenticate"] = "Bearer"
         return resp
@@ -375,7 +414,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(exc.status_code, {"type": kind, "message": str(exc.detail)})
 
     @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RedisStore.UNREACHABLE):  # a store call not wrapped by the store: still a 503
+            log.warning(
+                "untranslated store error", extra={"error": type(exc).__name__, "detail": str(exc)[:500]}
+            )
+            return await service_error(request, RedisStore.fault(exc).unavailable())
         log.exception("unhandled error")
         return _error_response(500, {"type": "internal_error", "message": "internal error"})
 

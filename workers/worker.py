@@ -135,18 +135,31 @@ class Worker:
         return self._connected
 
     def _back_off(self, error: Exception) -> bool:
-        """Redis is unreachable: say so once per outage, wait, and return True to try again.
+        """Redis failed a call: say so, wait, and return True to try again, keeping what this
+        worker holds.
 
-        False when the worker is stopping: what it holds goes back to the queue when its lease
-        runs out, so waiting for Redis would only hold up the shutdown.
+        An outage (Redis out of reach, or restarting) is logged once. A refusal (the store is
+        full, read-only, or refused a command: a broken script, say) is logged at every retry
+        (the back-off spaces them up to 5 s apart), with the error's type and message: it does
+        not pass by itself. False when the worker is stopping: what it holds goes back to the
+        queue when its lease runs out, so waiting for Redis would only hold up the shutdown.
         """
+        fault = RedisStore.fault(error)
         self._connected = False
         self._failures += 1
+        what = {
+            "worker": self.worker_id,
+            "error": fault.error,
+            "reason": fault.reason,
+            "jobs_held": self._held(),
+        }
         if self._outage_started is None:
             self._outage_started = time.monotonic()
+            if fault.transient:
+                log.warning("redis unreachable; retrying with backoff", extra=what)
+        if not fault.transient:
             log.warning(
-                "redis unreachable; retrying with backoff",
-                extra={"worker": self.worker_id, "error": type(error).__name__, "jobs_held": self._held()},
+                "redis refused a command; retrying with backoff", extra={**what, "detail": fault.detail}
             )
         if self.stop.is_set():
             log.warning(
