@@ -4,8 +4,9 @@ asks to (``Prefer: wait=N``)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import re
+import math
 import time
 from dataclasses import replace
 from typing import Annotated, Any
@@ -27,8 +28,9 @@ from diffq.errors import (
     ServiceError,
     Unauthorized,
     Unavailable,
+    ValidationFailed,
 )
-from diffq.jobs import ANONYMOUS, Job, Status, expire, new_job_id, transition
+from diffq.jobs import ANONYMOUS, Job, JobRequest, Status, expire, new_job_id, transition
 from diffq.metrics import exposition
 from diffq.store import Limits, RedisStore
 from model_store.manifest import Manifest
@@ -128,25 +130,49 @@ PreferHeader = Annotated[
     str | None,
     Header(
         alias="Prefer",
-        max_length=200,
         description="`wait=N`: hold the answer until the job is terminal or N seconds pass "
-        "(at most the server's limit, 60 s by default), so clients need not poll.",
+        "(at most the server's limit, 60 s by default), so clients need not poll. Preferences "
+        "the server cannot read are ignored (RFC 7240).",
     ),
 ]
-_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+(?:\.\d+)?)")
+
+
+def wait_preference(prefer: str | None, max_wait: float) -> float | None:
+    """Seconds to wait from a ``Prefer`` header (RFC 7240), capped at ``max_wait``; None when
+    it asks for no wait or names one that cannot be read (a preference is a hint: never an
+    error). Only the first 1,000 characters are looked at."""
+    for preference in (prefer or "")[:1000].split(","):
+        name, _, value = preference.split(";")[0].strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        try:
+            seconds = float(value.strip().strip('"'))
+        except ValueError:
+            return None
+        if math.isnan(seconds) or seconds < 0:
+            return None
+        return min(seconds, max_wait)
+    return None
 
 
 async def _wait_then_load(state: State, job: Job, owner: str, prefer: str | None, response: Response) -> Job:
     """With ``Prefer: wait=N``, the job once terminal or after N seconds (RFC 7240)."""
-    m = _WAIT.search(prefer or "")
-    if m is None:
+    wait = wait_preference(prefer, state.settings.max_wait_seconds)
+    if wait is None:
         return job
-    wait = min(float(m.group(1)), state.settings.max_wait_seconds)
     response.headers["Preference-Applied"] = f"wait={wait:g}"
     if job.terminal or wait <= 0:
         return job
     await state.store.wait_finished_async(job.id, wait)
     return await _load_async(state, job.id, owner)
+
+
+def request_fingerprint(request: JobRequest, given_seed: int | None) -> str:
+    """What an Idempotency-Key's retries must repeat: the resolved request (defaults filled, so
+    spelling a default out is the same request), with the seed as given (a drawn one differs
+    on every try)."""
+    resolved = request.to_dict() | {"seed": given_seed}
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
 
 
 IdempotencyKey = Annotated[
@@ -199,10 +225,15 @@ def _add_routes(app: FastAPI) -> None:
         # with the store's asyncio connection; only rare steps (expiring, positions) use threads.
         settings = state.settings
         req = resolve(body, state.models, state.default_model)
+        bound = state.limits.max_queued_evaluations
+        if bound and req.evaluations > bound:  # no amount of waiting would let it in
+            raise ValidationFailed(
+                f"this job is {req.evaluations} denoiser evaluations, more than the {bound} a model's "
+                "queue may hold (DIFFQ_MAX_QUEUED_EVALUATIONS): fewer images or steps",
+                details=[{"field": "num_images", "message": "the job can never be admitted"}],
+            )
         job = Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time(), owner=owner)
-        fingerprint = (
-            hashlib.sha256(body.model_dump_json().encode()).hexdigest() if idempotency_key is not None else ""
-        )
+        fingerprint = request_fingerprint(req, body.seed) if idempotency_key is not None else ""
         try:
             submitted = await state.store.submit_async(job, state.limits, idempotency_key, fingerprint)
         except Unavailable as e:
@@ -411,7 +442,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
             exc.status_code, "http_error"
         )
-        return _error_response(exc.status_code, {"type": kind, "message": str(exc.detail)})
+        resp = _error_response(exc.status_code, {"type": kind, "message": str(exc.detail)})
+        resp.headers.update(exc.headers or {})  # a 405's Allow, among others
+        return resp
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -440,15 +473,30 @@ class BodySizeLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await _error_response(413, too_large.to_dict())(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        # Read the body here, up to the bound (chunked bodies carry no length): past it the
+        # answer is this 413, not a parse error from deep in the framework.
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise too_large
-            return message
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.max_bytes:
+                await _error_response(413, too_large.to_dict())(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
 
-        await self.app(scope, limited, send)
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that gives ``messages`` first, then whatever comes next."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
