@@ -37,7 +37,8 @@ test: $(DEV_STAMP)
 unit: $(DEV_STAMP)
 	$(PY) -m pytest -q tests/unit
 
-## Kill workers and Valkey under a steady load for MINUTES (default 2); fails if a job is lost or duplicated
+## Kill workers and Valkey, pause workers past their lease and fill the store, under a steady load for
+## MINUTES (default 2); fails if a job is lost or duplicated
 chaos: $(DEV_STAMP)
 	$(PY) -m tests.chaos --minutes $${MINUTES:-2}
 

@@ -5,7 +5,9 @@ workers with short leases; submits a mix of jobs (samplers, steps, image counts;
 cancelled soon after) at a steady rate; and at random times SIGKILLs a worker (starting a new
 one in its place), SIGKILLs Valkey (restarting it on the same port and data), or pauses a
 worker with SIGSTOP for two to three leases (its jobs are reclaimed by the others) and then
-resumes it with SIGCONT: the resumed worker must let go of what was taken from it. Every job
+resumes it with SIGCONT: the resumed worker must let go of what was taken from it; or fills
+the store (``maxmemory`` set to what Valkey holds, noeviction) for a few seconds: submissions
+get 503s, workers back off holding their jobs, and everything finishes once there is room. Every job
 accepted with 202 goes into a ledger. When the load stops, the driver waits for each to be
 terminal, reads every result again and reports:
 
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from diffq.serve import free_port, start_valkey
 from tests.conftest import Stack, stack_env
@@ -66,6 +69,7 @@ class Counts:
     worker_kills: int = 0
     redis_kills: int = 0
     worker_pauses: int = 0
+    store_fills: int = 0
 
 
 class Chaos:
@@ -125,6 +129,24 @@ class Chaos:
         log(f"paused {name} for {paused:.1f}s")
         time.sleep(paused)
         proc.send_signal(signal.SIGCONT)
+
+    def fill_store(self) -> None:
+        """Valkey full for a while: ``maxmemory`` at what it holds now, then lifted."""
+        full = self.rng.uniform(1.5, 3.0)
+        r = redis.Redis(port=self.port, socket_timeout=2)
+        try:
+            self.redis_down.set()  # its 503s are the fault's, like an outage's
+            used = int(r.info("memory")["used_memory"])
+            r.config_set("maxmemory-policy", "noeviction")
+            r.config_set("maxmemory", str(used))
+            self.counts.store_fills += 1
+            log(f"store full for {full:.1f}s (maxmemory {used} bytes)")
+            time.sleep(full)
+            r.config_set("maxmemory", "0")
+            time.sleep(0.5)  # replies already in flight may still say 503
+        finally:
+            self.redis_down.clear()
+            r.close()
 
     def kill_redis(self) -> None:
         self.redis_down.set()
@@ -211,7 +233,7 @@ class Chaos:
     def faults(self, duration: float) -> None:
         """Spread the kills over the load window, one per slot, at a random point of each."""
         kinds = ["worker"] * self.args.worker_kills + ["redis"] * self.args.redis_kills
-        kinds += ["pause"] * self.args.worker_pauses
+        kinds += ["pause"] * self.args.worker_pauses + ["full"] * self.args.store_fills
         self.rng.shuffle(kinds)
         started = time.monotonic()
         window = (0.1 * duration, 0.8 * duration)
@@ -220,7 +242,8 @@ class Chaos:
             at = window[0] + slot * (i + self.rng.uniform(0.2, 0.8))
             if self.stop_load.wait(max(0.0, started + at - time.monotonic())):
                 return
-            {"worker": self.kill_worker, "redis": self.kill_redis, "pause": self.pause_worker}[kind]()
+            faults = {"worker": self.kill_worker, "redis": self.kill_redis, "pause": self.pause_worker}
+            (faults | {"full": self.fill_store})[kind]()
 
     # ---- checking ----------------------------------------------------------------------
     def poll(self, client: httpx.Client, entry: Entry) -> None:
@@ -335,6 +358,7 @@ class Chaos:
             "worker_kills": self.counts.worker_kills,
             "redis_kills": self.counts.redis_kills,
             "worker_pauses": self.counts.worker_pauses,
+            "store_fills": self.counts.store_fills,
         }
 
 
@@ -354,6 +378,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--worker-pauses", type=int, help="SIGSTOP past the lease, then SIGCONT; default: one per 30 s"
     )
+    p.add_argument(
+        "--store-fills", type=int, help="Valkey at maxmemory for a few seconds; default: one per 45 s"
+    )
     p.add_argument("--lease", type=float, default=1.5, help="DIFFQ_LEASE_SECONDS for the workers")
     p.add_argument("--drain-seconds", type=float, default=90.0, help="how long to wait for the last jobs")
     p.add_argument("--seed", type=int, default=None, help="for a reproducible schedule and load")
@@ -367,6 +394,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.redis_kills = max(1, round(args.duration / 45))
     if args.worker_pauses is None:
         args.worker_pauses = max(1, round(args.duration / 30))
+    if args.store_fills is None:
+        args.store_fills = max(1, round(args.duration / 45))
     if args.seed is None:
         args.seed = random.randrange(2**32)
     return args
