@@ -10,8 +10,16 @@ import numpy as np
 
 def trailing_timesteps(num_train_timesteps: int, num_steps: int) -> np.ndarray:
     """Integer timesteps spaced evenly from the last one down ("trailing" spacing)."""
-    ratio = num_train_timesteps / num_steps
-    return np.round(np.arange(num_train_timesteps, 0, -ratio)).astype(np.int64) - 1
+    return np.round(_trailing(num_train_timesteps, num_steps)).astype(np.int64) - 1
+
+
+def _trailing(num_train_timesteps: int, num_steps: int) -> np.ndarray:
+    """T - k * T / n for k < n: what diffusers' ``np.arange(T, 0, -T / n)`` means. That
+    arange has one point too many for 62 of the step counts up to 1000 (61, 103, 121, ...:
+    float rounding), the last at timestep -1; its first n points are these, to the bit."""
+    start = float(num_train_timesteps)
+    delta = (start - num_train_timesteps / num_steps) - start  # arange's own step, rounded as it rounds
+    return start + np.arange(num_steps) * delta
 
 
 def integer_timesteps(
@@ -59,8 +67,7 @@ def fractional_timesteps(
         ratio = n_train // num_steps
         return (np.arange(0, num_steps) * ratio).round()[::-1].astype(np.float64) + steps_offset
     if spacing == "trailing":
-        step = n_train / num_steps
-        return np.arange(n_train, 0, -step).round().astype(np.float64) - 1.0
+        return _trailing(n_train, num_steps).round().astype(np.float64) - 1.0
     raise ValueError(f"unknown timestep_spacing {spacing!r}")
 
 

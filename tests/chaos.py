@@ -58,6 +58,7 @@ class Entry:
     first_success: dict[str, Any] | None = None  # finished_at and image hashes at first read
     problems: list[str] = field(default_factory=list)
     missing: bool = False
+    error: dict[str, Any] | None = None  # a failed job's error, as the gateway reported it
 
 
 @dataclass
@@ -264,6 +265,7 @@ class Chaos:
         if entry.first_success is not None and job["status"] != "succeeded":
             entry.problems.append(f"left succeeded for {job['status']}")
         entry.status = job["status"]
+        entry.error = job.get("error")
         if job["status"] != "succeeded":
             return
         hashes = self.image_hashes(client, job)
@@ -351,6 +353,7 @@ class Chaos:
             "lost_ids": lost[:20],
             "duplicates": len(duplicates),
             "duplicate_details": dict(list(duplicates.items())[:20]),
+            "failed_details": {e.id: e.error for e in entries if e.status == "failed"},
             "unavailable_503_in_outage": self.counts.unavailable_in_outage,
             "unavailable_503_otherwise": self.counts.unavailable_otherwise,
             "other_errors": self.counts.other_errors,

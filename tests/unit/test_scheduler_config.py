@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from model_store.manifest import ScheduleSpec
+from model_store.store import ModelStore
 from sampling.diffusers_config import (
     UnsupportedSchedule,
     max_steps,
@@ -397,3 +398,13 @@ def test_a_whole_manifest_round_trips_a_non_finite_setting() -> None:
         again = Manifest.model_validate_json(text)
         assert again.schedule.to_config() == config
         assert again.schedule.scheduler_config["lambda_min_clipped"] == float("-inf")  # type: ignore[index]
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m", "euler_ancestral"])
+@pytest.mark.parametrize("steps", [61, 103, 769])
+def test_trailing_spacing_gives_exactly_the_steps_asked_for(sampler: str, steps: int) -> None:
+    """diffusers' ``np.arange(T, 0, -T / n)`` has one point too many at these step counts (the
+    last at timestep -1); the plan keeps the first n, so the MNIST model serves every count."""
+    manifest = ModelStore().get("mnist-cfg-unet").manifest
+    plan = get_plan(manifest.schedule.to_config(), sampler, steps)
+    assert plan.num_steps == steps and plan.timesteps.min() >= 0
