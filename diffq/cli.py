@@ -7,13 +7,17 @@ Subcommands import only what they run, so `diffq worker` never loads the web sta
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+DEFAULT_URL = "http://127.0.0.1:8000"
 
-def main(argv: list[str] | None = None) -> None:
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: every subcommand and flag, each with its help."""
     p = argparse.ArgumentParser(prog="diffq", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="embedded Valkey + gateway + WORKERS workers, in the foreground")
@@ -22,30 +26,55 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--name", help="worker id (consumer name); default host-pid")
     w.add_argument("--model", help="model to serve; default the first in the store")
     w.add_argument("--burst", action="store_true", help="exit once the queue is empty")
-    s = sub.add_parser("submit", help="submit a job, show progress, save the PNGs")
-    s.add_argument("--url", default="http://127.0.0.1:8000")
-    s.add_argument("--class-label", type=int, default=None)
-    s.add_argument("--prompt", default=None, help="text-to-image models: what to draw")
-    s.add_argument("--negative-prompt", default=None, help="text-to-image models: what to avoid")
-    s.add_argument("--width", type=int, default=None, help="with --height: one of the model's sizes")
-    s.add_argument("--height", type=int, default=None)
-    s.add_argument("--num-images", type=int, default=1)
-    s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--sampler", default=None)
-    s.add_argument("--guidance-scale", type=float, default=None)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--model", default=None)
-    s.add_argument("--out", type=Path, default=Path("."))
-    s.add_argument("--timeout", type=float, default=300.0)
-    s.add_argument("--priority", choices=["high", "normal", "low"], default=None)
-    s.add_argument("--api-key", default=None, help="bearer key; default $DIFFQ_API_KEY")
+    _add_submit(sub.add_parser("submit", help="submit a job, show progress, save the PNGs"))
     k = sub.add_parser("keygen", help="print a new API key and its DIFFQ_API_KEYS entry")
     k.add_argument("--name", required=True, help="the key's name (owner of its jobs)")
     o = sub.add_parser("openapi", help="write the OpenAPI document")
-    o.add_argument("--out", type=Path, default=Path("openapi/openapi.json"))
+    o.add_argument(
+        "--out",
+        type=Path,
+        default=Path("openapi/openapi.json"),
+        help="where to write it (default: %(default)s)",
+    )
+    # Their own parsers take the rest of the line (`diffq import --help` is theirs).
     for name in ("train", "export", "eval", "import"):
         sub.add_parser(name, help=f"model tooling: {name} (needs the train extra)", add_help=False)
+    return p
 
+
+def _add_submit(s: argparse.ArgumentParser) -> None:
+    """`diffq submit`'s flags. Unset ones are left out of the request: the server's defaults apply."""
+    # Read when the parser is built, so --help shows the URL that would be used.
+    url = os.environ.get("DIFFQ_URL") or DEFAULT_URL
+    s.add_argument("--url", default=url, help=f"gateway URL; default $DIFFQ_URL, else {DEFAULT_URL}")
+    s.add_argument("--model", default=None, help="model name; default the server's")
+    s.add_argument("--class-label", type=int, default=None, help="class-conditional models: class index")
+    s.add_argument("--prompt", default=None, help="text-to-image models: what to draw")
+    s.add_argument("--negative-prompt", default=None, help="text-to-image models: what to avoid")
+    s.add_argument("--width", type=int, default=None, help="with --height: one of the model's sizes")
+    s.add_argument("--height", type=int, default=None, help="with --width: output height in pixels")
+    s.add_argument("--num-images", type=int, default=1, help="images in the job (default: %(default)s)")
+    s.add_argument("--steps", type=int, default=None, help="denoising steps; default the model's")
+    s.add_argument("--sampler", default=None, help="one of the model's samplers; default the model's")
+    s.add_argument(
+        "--guidance-scale", type=float, default=None, help="classifier-free guidance; default the model's"
+    )
+    s.add_argument(
+        "--seed", type=int, default=None, help="seed of the first image; default drawn by the server"
+    )
+    s.add_argument(
+        "--priority", choices=["high", "normal", "low"], default=None, help="queue priority; default normal"
+    )
+    s.add_argument("--out", type=Path, default=Path("."), help="folder for the PNGs (default: %(default)s)")
+    s.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to follow the job (default: %(default)s)"
+    )
+    s.add_argument("--api-key", default=None, help="bearer key; default $DIFFQ_API_KEY")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the subcommand ``argv`` names (default: the process's arguments)."""
+    p = build_parser()
     args, rest = p.parse_known_args(argv)
     if args.command == "serve":
         from diffq.serve import ServeSettings, serve

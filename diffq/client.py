@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -41,6 +43,17 @@ def submit(args: argparse.Namespace) -> int:
     }
     key = args.api_key or os.environ.get("DIFFQ_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        return _run(args, body, headers)
+    except httpx.TransportError as e:  # the gateway went away for good, or never answered
+        print(
+            f"diffq submit: cannot reach {args.url} ({unreachable_reason(e)}); set --url or DIFFQ_URL",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _run(args: argparse.Namespace, body: dict[str, Any], headers: dict[str, str]) -> int:
     with httpx.Client(base_url=args.url, timeout=10, headers=headers) as client:
         r = post_job(client, body)
         if r.status_code not in (200, 202):
@@ -89,7 +102,9 @@ def post_job(
         try:
             r = client.post("/v1/jobs", json=body, headers=headers)
         except httpx.TransportError as e:
-            if last:
+            # A first try refused outright never reached a gateway (wrong URL, none running):
+            # nothing to make safe by retrying, and the caller says so at once.
+            if last or (attempt == 1 and isinstance(e, httpx.ConnectError)):
                 raise
             wait = 1.0
             print(f"submit: no answer ({type(e).__name__}); retrying in {wait:g}s")
@@ -122,6 +137,15 @@ def _poll(client: httpx.Client, job: dict[str, Any]) -> dict[str, Any]:
         time.sleep(min(retry_after(r), POLL_RETRY_SECONDS))
         return job
     return dict(r.raise_for_status().json())
+
+
+def unreachable_reason(e: httpx.TransportError) -> str:
+    """Why no answer came, in a few words: "connection refused", "timed out", ..."""
+    if isinstance(e, httpx.TimeoutException):
+        return "timed out"
+    # OS errors read "[Errno 111] Connection refused": the number says nothing to a user.
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(e).splitlines()[0] if str(e) else "")
+    return text[:1].lower() + text[1:] if text else type(e).__name__
 
 
 def _error_message(r: httpx.Response) -> str:

@@ -12,7 +12,8 @@ The only module that talks to Redis. Layout (``<p>`` is the key prefix):
 - ``<p>:idem:<owner>:<h>`` the job id (and request fingerprint) an Idempotency-Key created
 - ``<p>:rate:<owner>``     hash: the owner's submission token bucket
 
-Pub/sub channels: ``<p>:done:<id>`` announces a job's terminal status (``Prefer: wait``);
+Pub/sub channels: ``<p>:done:<id>`` announces a job's terminal status (``Prefer: wait``: one
+pattern subscription per gateway process, ``DoneFeed``);
 ``<p>:new:<model>`` announces each submission to busy workers (``NewWork``).
 
 Status changes are compare-and-set on the status the caller read, so a worker finishing a job
@@ -41,6 +42,8 @@ from typing import Any, ClassVar
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+import redis.backoff
 from redis.exceptions import ResponseError
 
 from diffq.errors import Overloaded, RateLimited, TooManyJobs, Unavailable
@@ -60,9 +63,11 @@ except ImportError:  # older redis-py: no notifications, the pool checks connect
 log = logging.getLogger("diffq.store")
 
 GROUP = "workers"
-# A ``Prefer: wait`` whose subscription failed subscribes again after this long (it read the
-# record meanwhile), so a wait across a Valkey restart polls at this pace until it is back.
-_WAIT_RETRY_SECONDS = 0.1
+# A quiet terminal-announcement subscription is pinged after this long; no answer within the
+# Redis timeout after that and it counts as lost (a paused server sends no FIN).
+_FEED_PING_SECONDS = 5.0
+# Connections of the event loop's client (submissions and reads of async routes; waiting takes none).
+_ASYNC_POOL_SIZE = 100
 
 # A Lua helper the stream scripts share: a consumer group's XINFO GROUPS fields, or nil.
 _GROUP_FIELDS = """
@@ -381,6 +386,59 @@ class NewWork:
             self._pubsub.close()
 
 
+class DoneFeed:
+    """Terminal announcements of every job, from one pattern subscription (``RedisStore.done_feed``).
+
+    One message per terminal transition of any job of this prefix reaches every gateway
+    process: a few bytes each, against a pub/sub connection per waiting request otherwise.
+    A silent server (paused, a network partition) would look like a quiet one, so a quiet
+    connection is pinged and one that does not answer raises ``ConnectionError``.
+    """
+
+    def __init__(self, client: Any, pubsub: Any, channel_prefix: str, timeout: float) -> None:
+        self._client, self._pubsub = client, pubsub
+        self._channel_prefix = channel_prefix
+        self.pattern = re.sub(r"([*?\[\]\\])", r"\\\1", channel_prefix) + "*"  # the prefix literally
+        self._timeout = timeout
+        self._last_heard = time.monotonic()
+        self._pinged = False
+
+    async def confirmed(self) -> None:
+        """Until the server confirmed the pattern subscription (or ``timeout`` passes)."""
+        deadline = time.monotonic() + self._timeout
+        while (left := deadline - time.monotonic()) > 0:
+            message = await self._pubsub.get_message(timeout=left)
+            if message is not None and message["type"] == "psubscribe":
+                self._last_heard = time.monotonic()
+                return
+        raise redis.TimeoutError("the job store did not confirm the subscription")
+
+    async def next(self, timeout: float) -> str | None:
+        """The id of a job announced terminal, or None when none was within ``timeout``.
+        Raises redis-py's errors when the connection is lost or the server stops answering."""
+        message = await self._pubsub.get_message(timeout=timeout)
+        now = time.monotonic()
+        if message is not None:
+            self._last_heard, self._pinged = now, False
+            channel = _s(message.get("channel") or b"")
+            if message["type"] == "pmessage" and channel.startswith(self._channel_prefix):
+                return channel[len(self._channel_prefix) :]
+            return None
+        quiet = now - self._last_heard
+        if self._pinged and quiet > _FEED_PING_SECONDS + self._timeout:
+            raise redis.ConnectionError("the job store stopped answering on the subscription")
+        if not self._pinged and quiet > _FEED_PING_SECONDS:
+            await self._pubsub.ping()  # its pong is a message: heard again
+            self._pinged = True
+        return None
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+
 class RedisStore:
     def __init__(
         self, url: str, prefix: str = "diffq", ttl_seconds: int = 3600, timeout: float = 2.0
@@ -493,12 +551,18 @@ class RedisStore:
         loop that opened it), with the submit script registered on it."""
         loop = asyncio.get_running_loop()
         if self._aio is None or self._aio_loop is not loop:
-            self._aio = redis.asyncio.Redis.from_url(
+            # A burst of requests past the pool's size waits (up to the Redis timeout) for a
+            # connection to come back, rather than failing at once with "Too many connections"
+            # as the default pool does: a burst is not an outage.
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
                 self._url,
+                max_connections=_ASYNC_POOL_SIZE,
+                timeout=self._timeout,
                 socket_timeout=self._timeout,
                 socket_connect_timeout=self._timeout,
                 **_CLIENT_OPTIONS,
             )
+            self._aio = redis.asyncio.Redis(connection_pool=pool)
             self._aio_loop = loop
             self._aio_submit_script = self._aio.register_script(_SUBMIT)
         return self._aio
@@ -513,49 +577,30 @@ class RedisStore:
             raw = await self._async().hgetall(self._job(job_id))
         return _decode(job_id, raw) if raw else None
 
-    async def wait_finished_async(self, job_id: str, timeout: float) -> None:
-        """Return once the job is terminal (or gone), or after ``timeout`` seconds.
-
-        Subscribes to the job's channel before reading its status, so a finish between the
-        two is not missed; one pub/sub connection per waiting call, on the event loop (a
-        waiting client holds no thread). A store restart is no reason to fail a wait: a
-        subscription that fails or breaks is made again (reading the record meanwhile, in
-        case the job ended) until the deadline. Never raises for the store: the caller's read
-        of the job afterwards is what answers 503 if the store is still away.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                await self._wait_on_channel(job_id, deadline)
-                return
-            except (redis.RedisError, OSError) as e:
-                log.debug(  # every retry while the store is away: not for the usual log
-                    "job wait lost its subscription; retrying",
-                    extra={"job_id": job_id, "error": type(e).__name__},
-                )
-            with contextlib.suppress(Unavailable):
-                job = await self.get_async(job_id)
-                if job is None or job.terminal:
-                    return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(left, _WAIT_RETRY_SECONDS))
-
-    async def _wait_on_channel(self, job_id: str, deadline: float) -> None:
-        """Until the job's channel announces its end, it is terminal or gone, or ``deadline``;
-        Redis errors are raised untranslated."""
-        pubsub = self._async().pubsub(ignore_subscribe_messages=True)
+    async def done_feed(self) -> DoneFeed:
+        """A subscription to every job's terminal announcement (``<p>:done:*``) on a connection
+        of its own, never one of the pool's: one per gateway process serves all its waiting
+        requests (``service/waiters.py``). Returns once Valkey confirmed the subscription, so
+        any job that turns terminal after this returns is announced on it. Redis errors are
+        raised untranslated (the caller reconnects)."""
+        client = redis.asyncio.Redis.from_url(
+            self._url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            # No silent reconnect: a lost subscription must surface, so that the waiters
+            # (whose announcements may have been missed meanwhile) read their jobs again.
+            retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
+            **_CLIENT_OPTIONS,
+        )
+        pubsub = client.pubsub()
+        feed = DoneFeed(client, pubsub, f"{self.prefix}:done:", self._timeout)
         try:
-            await pubsub.subscribe(self._done_channel(job_id))
-            raw = await self._async().hgetall(self._job(job_id))
-            job = _decode(job_id, raw) if raw else None
-            while job is not None and not job.terminal and (left := deadline - time.monotonic()) > 0:
-                if await pubsub.get_message(timeout=min(left, 0.5)) is not None:
-                    return
-        finally:
-            with contextlib.suppress(redis.RedisError, OSError):
-                await pubsub.aclose()
+            await pubsub.psubscribe(feed.pattern)
+            await feed.confirmed()
+        except BaseException:
+            await feed.aclose()
+            raise
+        return feed
 
     def _submit_call(
         self, job: Job, limits: Limits, idempotency_key: str | None, fingerprint: str

@@ -3,11 +3,13 @@ asks to (``Prefer: wait=N``)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -40,39 +42,97 @@ from service.metrics import GatewayMetrics, RequestMetrics
 from service.requests import resolve
 from service.schemas import ErrorBody, Health, JobCreate, JobView, ModelList
 from service.views import job_view, model_view
+from service.waiters import TooManyWaiters, Waiters
 
 log = logging.getLogger("diffq.gateway")
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in [
-        (400, "The body is not parseable (not JSON, or not UTF-8)"),
-        (401, "Missing or unknown API key"),
-        (404, "Unknown or expired job, or another key's"),
-        (409, "The job is already terminal, or the Idempotency-Key was used for another request"),
-        (413, "Request body too large"),
-        (422, "Invalid request; details name the field"),
-        (429, "Rate limit or in-flight job limit of this key; see Retry-After"),
-        (503, "The queue is full or the job store is unavailable; see Retry-After"),
-    ]
+# Every error status the API answers, described once: each route's `responses` are derived
+# from this table (error_responses), so a status means the same thing on every route.
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "The body is not parseable (not JSON, or not UTF-8)",
+    401: "Missing or unknown API key",
+    404: "Unknown or expired job, or another key's",
+    408: "The request's headers or body did not arrive in time (`request_timeout`); the connection is closed",
+    409: "The job is already terminal, or the Idempotency-Key was used for another request",
+    413: "Request body too large",
+    422: "Invalid request; details name the field",
+    429: "Rate limit, in-flight job limit or waiting-request bound (`too_many_waiters`, with "
+    "`Prefer: wait`) of this key; see Retry-After",
+    431: "Request line and headers too large, or too many header fields "
+    "(`request_header_fields_too_large`); the connection is closed",
+    503: "The queue is full, the job store is unavailable, or this gateway process is past its "
+    "connection limit (`overloaded`); see Retry-After",
 }
+# Answered on every route, whatever it does: the protocol layer (service/limits.py) sends
+# 408, 431 and the `overloaded` 503 before routing, and the body-size middleware sends 413.
+PROTOCOL_ERRORS = (408, 413, 431, 503)
 RETRY_AFTER_HEADER = {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
+_RETRY_AFTER_STATUSES = (429, 503)
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` entries for ``codes`` and PROTOCOL_ERRORS, from ERROR_DESCRIPTIONS."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in sorted({*codes, *PROTOCOL_ERRORS}):
+        out[code] = {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]}
+        if code in _RETRY_AFTER_STATUSES:
+            out[code]["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+    return out
+
+
 # A submission the job store did not answer (a timeout, a connection lost mid-call) may have
 # been accepted all the same: its 503 names the job, which the gateway chose before the call.
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **ERROR_RESPONSES,
+    **error_responses(400, 401, 404, 409, 422, 429),
     503: {
         "model": ErrorBody,
-        "description": "The queue is full or the job store is unavailable (`details.reason`: `full`, "
-        "`unreachable`, `timeout`, ...); see Retry-After. When the store did not answer, the job may "
-        "have been accepted anyway: `details.job_id` and `Location` name it. GET it (404: it was not "
-        "accepted), or retry with the same Idempotency-Key, which returns it if it was.",
+        "description": "The queue is full, the job store is unavailable or the gateway process is "
+        "overloaded (`details.reason`: `full`, `unreachable`, `timeout`, ...); see Retry-After. When the "
+        "store did not answer, the job may have been accepted anyway: `details.job_id` and `Location` "
+        "name it. GET it (404: it was not accepted), or retry with the same Idempotency-Key, which "
+        "returns it if it was.",
         "headers": {
             "Retry-After": RETRY_AFTER_HEADER,
             "Location": {
                 "description": "Only when the outcome is unknown: the job's URL, to look it up",
                 "schema": {"type": "string"},
             },
+        },
+    },
+}
+# 422 is listed wherever a route has parameters: FastAPI would otherwise document its own
+# validation body, which this API never sends (errors are ErrorBody).
+JOB_RESPONSES = error_responses(401, 404, 422)
+IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "The PNG"},
+    **error_responses(401, 404, 422),
+}
+CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Cancelled: the job was queued, and is now `cancelled`"},
+    202: {
+        "model": JobView,
+        "description": "Cancel requested: the job is running and stops at its next step "
+        "(`cancel_requested` is true; it ends `cancelled`, or `succeeded` if it was on its last step)",
+    },
+    **error_responses(401, 404, 409, 422),
+}
+MODELS_RESPONSES = error_responses(401)
+# /readyz's own 503 is a Health body (not ready); the protocol layer's is an error body.
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **error_responses(),
+    503: {
+        "description": "Not ready (a Health body: the job store does not answer), or this gateway "
+        "process is past its connection limit (an error body, `overloaded`, with Retry-After)",
+        "headers": {"Retry-After": RETRY_AFTER_HEADER},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/Health"},
+                        {"$ref": "#/components/schemas/ErrorBody"},
+                    ]
+                }
+            }
         },
     },
 }
@@ -93,6 +153,7 @@ class State:
             settings.rate_limit_burst,
         )
         self.metrics = GatewayMetrics()
+        self.waiters = Waiters(store, settings.max_waiters_per_key, settings.max_waiters)
         self.metrics.watch_queue(store, list(models), settings.worker_liveness_seconds)
         self.default_model = settings.default_model or next(iter(models))
         if self.default_model not in models:
@@ -131,8 +192,10 @@ PreferHeader = Annotated[
     Header(
         alias="Prefer",
         description="`wait=N`: hold the answer until the job is terminal or N seconds pass "
-        "(at most the server's limit, 60 s by default), so clients need not poll. Preferences "
-        "the server cannot read are ignored (RFC 7240).",
+        "(at most the server's limit, 60 s by default), so clients need not poll. Past the key's "
+        "bound of waiting requests a submission is 429 `too_many_waiters` (nothing queued) and a read "
+        "is answered at once without `Preference-Applied`. Preferences the server cannot read are "
+        "ignored (RFC 7240).",
     ),
 ]
 
@@ -155,15 +218,46 @@ def wait_preference(prefer: str | None, max_wait: float) -> float | None:
     return None
 
 
-async def _wait_then_load(state: State, job: Job, owner: str, prefer: str | None, response: Response) -> Job:
-    """With ``Prefer: wait=N``, the job once terminal or after N seconds (RFC 7240)."""
+async def wait_slot(state: StateDep, owner: OwnerDep, prefer: PreferHeader = None) -> AsyncIterator[None]:
+    """A submission's waiting place (``Prefer: wait=N``, N > 0), taken before it is queued: past
+    the bound the 429 means nothing was done, so a client's retry cannot queue the job twice."""
+    with state.waiters.slot(owner) if wait_preference(prefer, state.settings.max_wait_seconds) else _no_slot:
+        yield
+
+
+_no_slot = contextlib.nullcontext()
+WaitSlotDep = Annotated[None, Depends(wait_slot)]
+
+
+async def _wait_then_load(
+    state: State, job: Job, owner: str, prefer: str | None, response: Response, *, slot_held: bool = False
+) -> Job:
+    """With ``Prefer: wait=N``, the job once terminal or after N seconds (RFC 7240). Waiting
+    holds no store connection (``service/waiters.py``) but one of the key's waiting places: a
+    submission took its own before it was queued (``slot_held``); a read past the bound is
+    answered at once, without ``Preference-Applied`` (the preference was not applied: poll)."""
     wait = wait_preference(prefer, state.settings.max_wait_seconds)
     if wait is None:
         return job
-    response.headers["Preference-Applied"] = f"wait={wait:g}"
     if job.terminal or wait <= 0:
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
         return job
-    await state.store.wait_finished_async(job.id, wait)
+
+    async def finished() -> bool | None:
+        try:
+            now = await state.store.get_async(job.id)
+        except Unavailable:
+            return None  # the store is away: the waiter reads again shortly
+        # Past its deadline it is as good as over: the read below expires it.
+        return now is None or now.terminal or now.past_deadline(time.time())
+
+    try:
+        slot = _no_slot if slot_held else state.waiters.slot(owner)
+        with slot:
+            response.headers["Preference-Applied"] = f"wait={wait:g}"
+            await state.waiters.wait(job.id, wait, finished)
+    except TooManyWaiters:
+        return job
     return await _load_async(state, job.id, owner)
 
 
@@ -196,12 +290,22 @@ def create_app(settings: GatewaySettings, store: RedisStore | None = None) -> Fa
     store = store or RedisStore(
         settings.redis_url, settings.key_prefix, settings.result_ttl_seconds, settings.redis_timeout_seconds
     )
+    state = State(settings, store, models)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.waiters.start()  # the one subscription that wakes this process's waiting requests
+        try:
+            yield
+        finally:
+            await state.waiters.close()
+
     app = FastAPI(
         title="diffq",
         version=__version__,
         description="Submit diffusion generation jobs, poll them, fetch the images.",
+        lifespan=lifespan,
     )
-    state = State(settings, store, models)
     app.state.diffq = state
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=state.metrics)  # outermost: sees 413s too
@@ -217,6 +321,7 @@ def _add_routes(app: FastAPI) -> None:
         state: StateDep,
         owner: OwnerDep,
         response: Response,
+        _slot: WaitSlotDep,
         idempotency_key: IdempotencyKey = None,
         prefer: PreferHeader = None,
     ) -> Response:
@@ -250,7 +355,7 @@ def _add_routes(app: FastAPI) -> None:
             state.metrics.submitted.labels(req.model).inc()
             log.info("job state", extra={"job_id": job.id, "status": "queued", "model": req.model})
         response.headers["Location"] = f"/v1/jobs/{job.id}"
-        waited = await _wait_then_load(state, job, owner, prefer, response)
+        waited = await _wait_then_load(state, job, owner, prefer, response, slot_held=True)
         # A new job's position came back with the submission: no second round trip.
         if waited is job and submitted.replay_of is None:
             position = submitted.position
@@ -258,7 +363,7 @@ def _add_routes(app: FastAPI) -> None:
             position = await _position_async(state, waited)
         return _json(job_view(waited, position=position, base=settings.public_base_url), response, 202)
 
-    @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
+    @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=JOB_RESPONSES, tags=["jobs"])
     async def get_job(
         job_id: str, state: StateDep, owner: OwnerDep, response: Response, prefer: PreferHeader = None
     ) -> Response:
@@ -269,7 +374,7 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.get(
         "/v1/jobs/{job_id}/images/{index}",
-        responses={200: {"content": {"image/png": {}}, "description": "The PNG"}, **ERROR_RESPONSES},
+        responses=IMAGE_RESPONSES,
         response_class=Response,
         tags=["jobs"],
     )
@@ -285,7 +390,7 @@ def _add_routes(app: FastAPI) -> None:
             content=data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
         )
 
-    @app.delete("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, tags=["jobs"])
+    @app.delete("/v1/jobs/{job_id}", response_model=JobView, responses=CANCEL_RESPONSES, tags=["jobs"])
     def cancel_job(job_id: str, state: StateDep, owner: OwnerDep, response: Response) -> JobView:
         """Cancel a queued job at once, or a running one at its next step (202 until then)."""
         for _ in range(5):
@@ -304,7 +409,7 @@ def _add_routes(app: FastAPI) -> None:
                 return job_view(cancelled, position=None, base=state.settings.public_base_url)
         raise Conflict(f"job {job_id} changed state repeatedly; retry")
 
-    @app.get("/v1/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]}, tags=["models"])
+    @app.get("/v1/models", response_model=ModelList, responses=MODELS_RESPONSES, tags=["models"])
     def list_models(state: StateDep, _owner: OwnerDep) -> ModelList:
         """The served models: kind (what condition a request sends), classes, sizes, samplers,
         step limits and defaults."""
@@ -318,12 +423,12 @@ def _add_routes(app: FastAPI) -> None:
         body, content_type = exposition(state.metrics.registry())
         return Response(content=body, media_type=content_type)
 
-    @app.get("/livez", response_model=Health, tags=["health"])
+    @app.get("/livez", response_model=Health, responses=error_responses(), tags=["health"])
     def livez() -> Health:
         """The process is up."""
         return Health(status="ok")
 
-    @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
+    @app.get("/readyz", response_model=Health, responses=READY_RESPONSES, tags=["health"])
     def readyz(state: StateDep) -> JSONResponse:
         """Can take jobs: Redis answers. Live workers are reported, not required, so a gateway
         stays ready while workers scale from zero on the backlog it queues."""

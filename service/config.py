@@ -40,7 +40,24 @@ class GatewaySettings(CommonSettings):
         default=60.0,
         ge=0,
         le=600,
-        description="Longest `Prefer: wait=N` honoured; each waiting request holds a worker thread.",
+        description="Longest `Prefer: wait=N` honoured. A waiting request holds its HTTP connection only: "
+        "no thread and no Redis connection (one subscription per process wakes them all).",
+    )
+    max_waiters_per_key: int = Field(
+        default=32,
+        ge=1,
+        le=1_000_000,
+        description="`Prefer: wait` requests one API key may have waiting at once, per gateway process; "
+        "past it, 429 too_many_waiters (Retry-After) before anything is done (a submission is not "
+        "queued): poll instead, or retry. With auth off every client is the one key `anonymous`.",
+    )
+    max_waiters: int = Field(
+        default=512,
+        ge=1,
+        le=1_000_000,
+        description="`Prefer: wait` requests one gateway process holds at once, all keys together; past it, "
+        "429 too_many_waiters. Keep it below DIFFQ_MAX_CONNECTIONS, so waiting requests never hold every "
+        "connection.",
     )
     public_base_url: str = Field(
         default="", description="Prefix for image URLs in job views; empty = relative URLs."

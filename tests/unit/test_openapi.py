@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from typing import Any
 
+from diffq.jobs import SEED_MAX
 from service.openapi import openapi_document
 from tests.conftest import ROOT
 
@@ -18,3 +21,53 @@ def test_openapi_documents_the_v1_routes() -> None:
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/images/{index}", "/v1/models"} <= set(paths)
     assert set(paths["/v1/jobs/{job_id}"]) == {"get", "delete"}
     assert "422" in paths["/v1/jobs"]["post"]["responses"]
+
+
+def test_delete_documents_the_202_of_a_running_job() -> None:
+    responses = openapi_document()["paths"]["/v1/jobs/{job_id}"]["delete"]["responses"]
+    assert {"200", "202", "409"} <= set(responses)
+    schema = responses["202"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/JobView"}
+
+
+def _schemas(node: Any) -> Iterator[dict[str, Any]]:
+    """Every schema object under ``node`` (a property's name is not a keyword)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _schemas(item)
+    elif isinstance(node, dict):
+        yield node
+        for key, value in node.items():
+            if key == "properties" and isinstance(value, dict):
+                for prop in value.values():
+                    yield from _schemas(prop)
+            else:
+                yield from _schemas(value)
+
+
+def test_bounds_are_json_schema_keywords_not_pydantic_constraint_names() -> None:
+    document = json.loads((ROOT / "openapi" / "openapi.json").read_text())
+    offenders = [s for s in _schemas(document) if {"ge", "le", "gt", "lt"} & set(s)]
+    assert not offenders, offenders
+    fields = document["components"]["schemas"]["JobCreate"]["properties"]
+    # The union-typed fields are where pydantic emits its own names: they must carry the bounds too.
+    guidance = fields["guidance_scale"]["anyOf"][0]
+    assert (guidance["minimum"], guidance["maximum"]) == (0, 100)
+    deadline = fields["deadline_seconds"]["anyOf"][0]
+    assert (deadline["exclusiveMinimum"], deadline["maximum"]) == (0, 86_400)
+    # Exact integers: a float bound would turn 2**63 - 1 into 2**63, a seed the API refuses.
+    assert fields["seed"]["anyOf"][0]["maximum"] == SEED_MAX
+    assert isinstance(fields["num_images"]["minimum"], int)
+
+
+def test_every_operation_documents_the_protocol_layers_answers() -> None:
+    # 408 and 431 are sent before routing, 413 by the body-size middleware: any route may get them.
+    for path, operations in openapi_document()["paths"].items():
+        for method, operation in operations.items():
+            assert {"408", "413", "431", "503"} <= set(operation["responses"]), (method, path)
+
+
+def test_429_only_where_the_rate_limits_apply() -> None:
+    paths = openapi_document()["paths"]
+    assert "Retry-After" in paths["/v1/jobs"]["post"]["responses"]["429"]["headers"]
+    assert "429" not in paths["/v1/jobs/{job_id}"]["get"]["responses"]
