@@ -38,6 +38,7 @@ from diffq.store import Limits, RedisStore
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
 from service.config import GatewaySettings
+from service.contract import exact_bounds
 from service.metrics import GatewayMetrics, RequestMetrics
 from service.requests import resolve
 from service.schemas import ErrorBody, Health, JobCreate, JobView, ModelList
@@ -307,6 +308,14 @@ def create_app(settings: GatewaySettings, store: RedisStore | None = None) -> Fa
         lifespan=lifespan,
     )
     app.state.diffq = state
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:  # the committed document's form, bounds exact
+        if app.openapi_schema is None:
+            app.openapi_schema = exact_bounds(fastapi_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=state.metrics)  # outermost: sees 413s too
     _install_error_handlers(app)
