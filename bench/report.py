@@ -444,10 +444,7 @@ def plot_engine(e: EngineCurve, path: Path) -> Path:
     ax.set_title(f"Denoiser throughput ({e.threads} threads)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_stages(p: PipelineStages, path: Path) -> Path:
@@ -464,10 +461,7 @@ def plot_stages(p: PipelineStages, path: Path) -> Path:
     ax.set_title(f"Tiny SD stages ({p.threads} threads)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_latency(lat: LatencyUnderLoad, path: Path) -> Path:
@@ -491,10 +485,7 @@ def plot_latency(lat: LatencyUnderLoad, path: Path) -> Path:
     ax.set_title("Latency against load: p50 dotted, p95 dashed, p99 solid")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -509,3 +500,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from sampling.plan import StepPlan
-from sampling.schedule import NoiseSchedule
+from sampling.schedule import NoiseSchedule, training_sigmas
 from sampling.scheduler_view import INF, UnsupportedSchedule, check_common_vp, require, sampler_view
 from sampling.spacing import check_in_range, multistep_timesteps
 
@@ -81,12 +81,7 @@ def plan(schedule: NoiseSchedule, num_steps: int) -> StepPlan:
     n_train = schedule.num_train_timesteps
     ts = multistep_timesteps(view["timestep_spacing"], n_train, num_steps, view["steps_offset"])
     check_in_range("dpmpp_2m", ts, n_train)
-    ac = schedule.alphas_cumprod.astype(np.float64)
-    if view["rescale_betas_zero_snr"]:
-        # diffusers: "close to 0 without being 0 so first sigma is not inf".
-        ac = ac.copy()
-        ac[-1] = 2.0**-24
-    full_sigmas = np.sqrt((1.0 - ac) / ac)
+    full_sigmas = training_sigmas(schedule.alphas_cumprod, view["rescale_betas_zero_snr"])
     sigma_last = full_sigmas[0] if view["final_sigmas_type"] == "sigma_min" else 0.0
     # Karras-style sigmas at the chosen timesteps, then the final sigma after the last step.
     sig = np.append(np.interp(ts, np.arange(len(full_sigmas)), full_sigmas), sigma_last)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sampling.plan import StepPlan
-from sampling.schedule import NoiseSchedule
+from sampling.schedule import NoiseSchedule, training_sigmas
 from sampling.scheduler_view import check_common_vp, sampler_view
 from sampling.spacing import check_in_range, euler_init_sigma, fractional_timesteps
 
@@ -34,11 +34,7 @@ def plan(schedule: NoiseSchedule, num_steps: int) -> StepPlan:
     n_train = schedule.num_train_timesteps
     ts = fractional_timesteps(view["timestep_spacing"], n_train, num_steps, view["steps_offset"])
     check_in_range("euler_ancestral", ts, n_train)
-    ac = schedule.alphas_cumprod.astype(np.float64)
-    if view["rescale_betas_zero_snr"]:
-        ac = ac.copy()
-        ac[-1] = 2.0**-24  # as diffusers: a finite first sigma
-    full_sigmas = np.sqrt((1.0 - ac) / ac)
+    full_sigmas = training_sigmas(schedule.alphas_cumprod, view["rescale_betas_zero_snr"])
     sig = np.append(np.interp(ts, np.arange(n_train), full_sigmas), 0.0)
     s_from, s_to = sig[:-1], sig[1:]
     s_up = np.sqrt(s_to**2 * (s_from**2 - s_to**2) / s_from**2)

@@ -93,3 +93,13 @@ class NoiseSchedule:
     @property
     def num_train_timesteps(self) -> int:
         return self.config.num_train_timesteps
+
+
+def training_sigmas(alphas_cumprod: np.ndarray, zero_snr: bool) -> np.ndarray:
+    """sqrt((1 - a) / a) per training timestep, float64: the sigma-space schedule of the
+    Euler and DPM-Solver samplers. With zero terminal SNR the last alpha_bar is 0, so diffusers
+    puts it at 2**-24, "close to 0 without being 0 so first sigma is not inf"."""
+    ac = alphas_cumprod.astype(np.float64)
+    if zero_snr:
+        ac[-1] = 2.0**-24
+    return np.sqrt((1.0 - ac) / ac)
