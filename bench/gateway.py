@@ -120,6 +120,6 @@ def _mean(runs: list[Throughput]) -> Throughput:
 def _queued(stack: BenchStack) -> int:
     store = RedisStore(stack.redis_url, stack.stack.env["DIFFQ_KEY_PREFIX"])
     try:
-        return store.queue_depth(MODEL)
+        return store.queue_stats(MODEL).depth
     finally:
         store.close()

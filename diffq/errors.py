@@ -94,3 +94,11 @@ class Overloaded(ServiceError):
     type = "overloaded"
     status = 503
     retryable = True
+
+
+class TooMuchQueuedWork(ServiceError):
+    """One key's waiting jobs hold its share of the queue (denoiser work); retry later."""
+
+    type = "too_much_queued_work"
+    status = 429
+    retryable = True

@@ -174,7 +174,6 @@ class Job:
     worker: str | None = None
     error: JobError | None = None
     image_count: int = 0
-    entry_id: str | None = None  # the job's stream entry, for its queue position
     cancel_requested: bool = False
     owner: str = ANONYMOUS  # the API key (by name) that submitted it
 

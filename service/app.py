@@ -32,7 +32,7 @@ from diffq.errors import (
     Unavailable,
     ValidationFailed,
 )
-from diffq.jobs import ANONYMOUS, Job, JobRequest, Status, expire, new_job_id, transition
+from diffq.jobs import ANONYMOUS, Job, JobRequest, Priority, Status, expire, new_job_id, transition
 from diffq.metrics import exposition
 from diffq.store import Limits, RedisStore
 from model_store.manifest import Manifest
@@ -147,11 +147,13 @@ class State:
         self.store = store
         self.models = models
         self.keys = settings.keys
+        self.tenants = settings.tenants
         self.limits = Limits(
             settings.max_jobs_in_flight_per_key,
             settings.max_queued_evaluations,
             settings.rate_limit_per_second,
             settings.rate_limit_burst,
+            settings.max_queued_evaluations_per_key,
         )
         self.metrics = GatewayMetrics()
         self.waiters = Waiters(store, settings.max_waiters_per_key, settings.max_waiters)
@@ -339,17 +341,12 @@ def _add_routes(app: FastAPI) -> None:
         # with the store's asyncio connection; only rare steps (expiring, positions) use threads.
         settings = state.settings
         req = resolve(body, state.models, state.default_model)
-        bound = state.limits.max_queued_evaluations
-        if bound and req.evaluations > bound:  # no amount of waiting would let it in
-            raise ValidationFailed(
-                f"this job is {req.evaluations} denoiser evaluations, more than the {bound} a model's "
-                "queue may hold (DIFFQ_MAX_QUEUED_EVALUATIONS): fewer images or steps",
-                details=[{"field": "num_images", "message": "the job can never be admitted"}],
-            )
+        _check_admissible(state, req, owner)
         job = Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time(), owner=owner)
         fingerprint = request_fingerprint(req, body.seed) if idempotency_key is not None else ""
         try:
-            submitted = await state.store.submit_async(job, state.limits, idempotency_key, fingerprint)
+            limits = replace(state.limits, weight=state.tenants.weight(owner))
+            submitted = await state.store.submit_async(job, limits, idempotency_key, fingerprint)
         except Unavailable as e:
             if RedisStore.fault(e).maybe_applied:
                 raise _maybe_accepted(e, job.id) from e
@@ -360,7 +357,6 @@ def _add_routes(app: FastAPI) -> None:
             job = await _load_async(state, submitted.replay_of, owner)
             response.headers["Idempotent-Replayed"] = "true"
         else:
-            job = replace(job, entry_id=submitted.entry_id)
             state.metrics.submitted.labels(req.model).inc()
             log.info("job state", extra={"job_id": job.id, "status": "queued", "model": req.model})
         response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -508,13 +504,33 @@ def _valid_id(job_id: str) -> bool:
 
 
 def _queued(job: Job) -> bool:
-    return job.status == Status.QUEUED and job.entry_id is not None
+    return job.status == Status.QUEUED
 
 
 def _position(state: State, job: Job) -> int | None:
-    if not _queued(job) or job.entry_id is None:
+    if not _queued(job):
         return None
-    return state.store.queue_position(job.request.model, job.entry_id, job.request.priority)
+    return state.store.queue_position(job.request.model, job.id, job.request.priority)
+
+
+def _check_admissible(state: State, req: JobRequest, owner: str) -> None:
+    """422 for a job this key may never submit: a priority it was not granted, or more work
+    than a queue (the model's, or the key's share) may ever hold, which no wait would cure."""
+    if req.priority == Priority.HIGH and not state.tenants.may_use_high(owner):
+        raise ValidationFailed(
+            "this key may not use priority high (DIFFQ_HIGH_PRIORITY_KEYS): use normal or low",
+            details=[{"field": "priority", "message": "not granted to this key"}],
+        )
+    for bound, setting, whose in (
+        (state.limits.max_queued_evaluations, "DIFFQ_MAX_QUEUED_EVALUATIONS", "a model's queue"),
+        (state.limits.max_queued_evaluations_per_owner, "DIFFQ_MAX_QUEUED_EVALUATIONS_PER_KEY", "one key"),
+    ):
+        if bound and req.evaluations > bound:
+            raise ValidationFailed(
+                f"this job is {req.evaluations} denoiser evaluations, more than the {bound} {whose} "
+                f"may hold waiting ({setting}): fewer images or steps",
+                details=[{"field": "num_images", "message": "the job can never be admitted"}],
+            )
 
 
 def _json(view: JobView, headers_from: Response, status: int = 200) -> Response:

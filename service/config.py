@@ -8,6 +8,7 @@ from pydantic import AliasChoices, Field, model_validator
 
 from diffq.settings import CommonSettings
 from service.auth import ApiKeys
+from service.tenants import Tenants
 
 
 class GatewaySettings(CommonSettings):
@@ -83,6 +84,25 @@ class GatewaySettings(CommonSettings):
         le=10**12,
         description="Admission bound per model: denoiser evaluations waiting in its queue; 0 = none.",
     )
+    max_queued_evaluations_per_key: int = Field(
+        default=200_000,
+        ge=0,
+        le=10**12,
+        description="Denoiser evaluations one key's waiting jobs may hold, all models together; past it, "
+        "429 too_much_queued_work (Retry-After). 0 = none. With auth off every client is the one key "
+        "`anonymous`.",
+    )
+    key_weights: str = Field(
+        default="",
+        description="Shares of the workers, as name=share entries, comma-separated (shares in (0, 1000]; "
+        "a key not named has 1). Within a priority, waiting jobs are served in weighted fair order by "
+        "denoiser work: a key with share 2 gets twice the evaluations of a key with 1 while both wait.",
+    )
+    high_priority_keys: str = Field(
+        default="",
+        description="Key names (comma-separated) that may submit `priority: high`; any other key asking "
+        "for it gets 422. With auth off, `high` is open to everyone.",
+    )
 
     max_header_bytes: int = Field(
         default=16 * 1024,
@@ -129,6 +149,20 @@ class GatewaySettings(CommonSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _tenants_name_keys(self) -> GatewaySettings:
+        tenants = self.tenants  # raises with the offending entry
+        unknown = tenants.unknown({name for _, name in self.keys.entries})
+        if self.auth == "required" and unknown:
+            raise ValueError(
+                f"DIFFQ_KEY_WEIGHTS / DIFFQ_HIGH_PRIORITY_KEYS name keys not in DIFFQ_API_KEYS: {unknown}"
+            )
+        return self
+
     @property
     def keys(self) -> ApiKeys:
         return ApiKeys.parse(self.api_keys)
+
+    @property
+    def tenants(self) -> Tenants:
+        return Tenants.parse(self.key_weights, self.high_priority_keys, open_access=self.auth == "off")

@@ -315,16 +315,23 @@ class Worker:
                 break
 
     def _claim(self, block_ms: int | None, count: int = 1) -> list[tuple[Claimed, Job]]:
-        """Up to ``count`` entries with their records; entries whose job is gone or finished
-        are acked."""
-        return self._with_records(self.store.claim(self.model, self.worker_id, count, block_ms))
+        """Up to ``count`` jobs with their records; entries whose job is gone or finished are
+        acked. With ``block_ms``, an empty queue is asked again once a submission is announced
+        within that time."""
+        claimed = self.store.claim(self.model, self.worker_id, count)
+        if not claimed and block_ms and self._news is not None and self._news.wait(block_ms / 1000):
+            claimed = self.store.claim(self.model, self.worker_id, count)
+        return self._with_records(claimed)
 
     def _with_records(self, claimed: list[Claimed]) -> list[tuple[Claimed, Job]]:
-        jobs = self.store.get_many([c.job_id for c in claimed])
+        """The entries with their records (a claim carries them; a reclaim reads them)."""
+        if all(c.record is not None for c in claimed):
+            jobs: list[Job | None] = [c.record for c in claimed]
+        else:
+            jobs = self.store.get_many([c.job_id for c in claimed])
         out, stale = [], []
         for c, job in zip(claimed, jobs, strict=True):
-            if job is None:  # its record expired while queued: its work leaves the books here
-                self.store.forget_work(self.model, c.work)
+            if job is None:  # its record is gone
                 stale.append(c)
             elif job.terminal:
                 stale.append(c)  # cancelled, expired, or finished before a crash

@@ -79,7 +79,7 @@ def unacked(redis_url: str, prefix: str) -> tuple[int, int]:
     r = redis.Redis.from_url(redis_url)
     try:
         length = pending = 0
-        for key in r.scan_iter(match=f"{prefix}:queue:*", _type="stream"):
+        for key in r.scan_iter(match=f"{prefix}:claimed:*", _type="stream"):
             length += r.xlen(key)
             with contextlib.suppress(ResponseError):  # no consumer group yet
                 pending += r.xpending(key, "workers")["pending"]

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from diffq.errors import Overloaded, RateLimited, TooManyJobs
+from diffq.errors import Overloaded, RateLimited, TooManyJobs, TooMuchQueuedWork
 from diffq.jobs import Job, JobRequest, Priority, Status, new_job_id, transition
 from diffq.store import Limits, RedisStore
 from tests.integration.conftest import MODEL
@@ -18,6 +18,14 @@ from tests.integration.conftest import MODEL
 def new_job(owner: str = "alice", num_images: int = 1, seed: int = 1) -> Job:
     req = JobRequest(MODEL, 1, num_images, 4, "ddim", 1.0, seed)  # 4 evaluations per image
     return Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time(), owner=owner)
+
+
+def in_flight(store: RedisStore, owner: str) -> int:
+    return int(store._r.zcard(store.keys.inflight(owner)))
+
+
+def queued_work(store: RedisStore) -> int:
+    return store.queue_stats(MODEL).evaluations
 
 
 def test_in_flight_limit_per_owner_frees_on_terminal(store: RedisStore) -> None:
@@ -31,7 +39,7 @@ def test_in_flight_limit_per_owner_frees_on_terminal(store: RedisStore) -> None:
     store.submit(new_job(owner="bob"), limits)  # another owner has its own budget
     assert store.save_transition(first, transition(first, Status.CANCELLED, time.time()))
     store.submit(new_job(), limits)
-    assert store.in_flight("alice") == 2 and store.in_flight("bob") == 1
+    assert in_flight(store, "alice") == 2 and in_flight(store, "bob") == 1
 
 
 def test_queued_work_bound_counts_only_queued_jobs(store: RedisStore) -> None:
@@ -39,23 +47,25 @@ def test_queued_work_bound_counts_only_queued_jobs(store: RedisStore) -> None:
     a, b = new_job(num_images=2), new_job(num_images=3)  # 8 + 12 evaluations
     store.submit(a, limits)
     store.submit(b, limits)
-    assert store.queued_work(MODEL) == 20
+    assert queued_work(store) == 20
     with pytest.raises(Overloaded):
         store.submit(new_job(), limits)
-    # Starting a job takes its work off the queue; a reclaim back to queued puts it back.
+    # A claim takes its job's work off the queue; a cancel of a waiting job too.
+    (claimed,) = store.claim(MODEL, "w", 1)
+    assert claimed.job_id == a.id and queued_work(store) == 12
+    c = new_job()
+    store.submit(c, limits)
+    assert queued_work(store) == 16
+    assert store.save_transition(c, transition(c, Status.CANCELLED, time.time()))
+    assert queued_work(store) == 12
+    # A claimed job going back to queued (a reclaim, run at once by the reclaiming worker) is
+    # held by that worker, not waiting: it does not count again.
     running = transition(a, Status.RUNNING, time.time(), worker="w")
     assert store.save_transition(a, running)
-    assert store.queued_work(MODEL) == 12
-    store.submit(new_job(), limits)
-    assert store.queued_work(MODEL) == 16
-    requeued = transition(running, Status.QUEUED, time.time())
-    assert store.save_transition(running, requeued)
-    assert store.queued_work(MODEL) == 24
-    # A job whose record vanished while queued is taken off by the worker that finds it.
-    store.forget_work(MODEL, 24)
-    assert store.queued_work(MODEL) == 0
-    store.forget_work(MODEL, 5)
-    assert store.queued_work(MODEL) == 0  # never negative
+    assert store.save_transition(running, transition(running, Status.QUEUED, time.time()))
+    assert queued_work(store) == 12
+    assert store.save_transition(b, transition(b, Status.CANCELLED, time.time()))
+    assert queued_work(store) == 0 and store.queue_stats(MODEL).depth == 0
 
 
 def test_idempotent_submission_under_concurrent_duplicates(store: RedisStore) -> None:
@@ -76,7 +86,7 @@ def test_idempotent_submission_under_concurrent_duplicates(store: RedisStore) ->
     again = store.submit(new_job(), idempotency_key="order-17", fingerprint="other")
     assert again.replay_of == results[0] and again.same_request is False
     # Keys are per owner: bob's "order-17" is his own.
-    assert store.submit(new_job(owner="bob"), idempotency_key="order-17", fingerprint="f1").entry_id
+    assert store.submit(new_job(owner="bob"), idempotency_key="order-17", fingerprint="f1").position
 
 
 def test_token_bucket_allows_a_burst_then_says_when(store: RedisStore) -> None:
@@ -90,7 +100,7 @@ def test_token_bucket_allows_a_burst_then_says_when(store: RedisStore) -> None:
     time.sleep(wait + 0.05)
     store.submit(new_job(owner="carol"), limits)
     store.submit(new_job(owner="dave"), limits)  # per owner
-    assert store.in_flight("carol") == 4
+    assert in_flight(store, "carol") == 4
 
 
 def test_a_new_job_learns_its_queue_position(store: RedisStore) -> None:
@@ -103,8 +113,8 @@ def test_a_new_job_learns_its_queue_position(store: RedisStore) -> None:
     low = new_job()
     low = replace(low, request=replace(low.request, priority=Priority.LOW))
     assert store.submit(low).position == 4
-    store.claim(MODEL, "w", 1, None)  # the high one
-    store.claim(MODEL, "w", 1, None)  # then the first normal one
+    store.claim(MODEL, "w", 1)  # the high one
+    store.claim(MODEL, "w", 1)  # then the first normal one
     assert store.submit(new_job()).position == 2
 
 
@@ -113,3 +123,55 @@ def test_owner_survives_the_round_trip(store: RedisStore) -> None:
     store.submit(job)
     got = store.get(job.id)
     assert got is not None and got.owner == "erin"
+
+
+def test_a_light_key_is_not_held_behind_a_heavy_keys_backlog(store: RedisStore) -> None:
+    """Fair order by work: bob's one small job, submitted after alice's big backlog, is
+    claimed right after the job a worker is on, not after all of alice's."""
+    heavy = [new_job(owner="alice", num_images=8) for _ in range(6)]  # 32 evaluations each
+    for job in heavy:
+        store.submit(job)
+    (first,) = store.claim(MODEL, "w", 1)
+    assert first.job_id == heavy[0].id
+    light = new_job(owner="bob")  # 4 evaluations
+    assert store.submit(light).position == 1  # ahead of alice's five waiting jobs
+    order = [c.job_id for c in store.claim(MODEL, "w", 10)]
+    assert order == [light.id, *(j.id for j in heavy[1:])]  # alice's keep their own order
+
+
+def test_weights_share_the_workers_by_work(store: RedisStore) -> None:
+    """While both wait, a key of weight 3 gets three times the evaluations of a key of 1."""
+    heavy, light = Limits(weight=3.0), Limits(weight=1.0)
+    jobs = {}
+    for _ in range(12):
+        for owner, limits in (("alice", heavy), ("bob", light)):
+            job = new_job(owner=owner)
+            store.submit(job, limits)
+            jobs[job.id] = owner
+    first = [jobs[c.job_id] for c in store.claim(MODEL, "w", 8)]
+    assert first.count("alice") == 6 and first.count("bob") == 2
+    # Submission order alone would alternate them: alice, bob, alice, bob...
+
+
+def test_each_key_has_a_cap_on_its_waiting_work(store: RedisStore) -> None:
+    limits = Limits(max_queued_evaluations_per_owner=8)
+    store.submit(new_job(owner="alice"), limits)
+    store.submit(new_job(owner="alice"), limits)
+    with pytest.raises(TooMuchQueuedWork) as err:
+        store.submit(new_job(owner="alice"), limits)
+    assert err.value.retry_after and err.value.status == 429
+    store.submit(new_job(owner="bob"), limits)  # bob's share is his own
+    # alice's first and bob's (equal in the fair order) start: alice's waiting work drops
+    assert len(store.claim(MODEL, "w", 2)) == 2
+    store.submit(new_job(owner="alice"), limits)
+
+
+def test_unfinished_jobs_count_however_long_they_wait(valkey: str, prefix: str) -> None:
+    """The in-flight limit counts a job queued longer than the record TTL: it is still
+    unfinished, and still the owner's."""
+    short = RedisStore(valkey, prefix=prefix, ttl_seconds=1)
+    limits = Limits(max_in_flight_per_owner=1)
+    short.submit(new_job(), limits)
+    time.sleep(1.3)
+    with pytest.raises(TooManyJobs):
+        short.submit(new_job(), limits)

@@ -71,7 +71,7 @@ def test_a_stalled_worker_finishing_late_changes_nothing(valkey: str, prefix: st
     job = queued(2)
     store.submit(job)
     # "stalled" claims and starts the job, then stops renewing: another worker takes it over.
-    (claimed,) = store.claim(MODEL, "stalled", 1, None)
+    (claimed,) = store.claim(MODEL, "stalled", 1)
     running = transition(job, Status.RUNNING, time.time(), worker="stalled")
     assert store.save_transition(job, running)
     time.sleep(0.6)
@@ -105,7 +105,7 @@ def test_the_first_to_finish_a_taken_over_job_is_named_on_its_result(valkey: str
     store.ensure_group(MODEL)
     job = queued(3)
     store.submit(job)
-    (claimed,) = store.claim(MODEL, "stalled", 1, None)
+    (claimed,) = store.claim(MODEL, "stalled", 1)
     mine = transition(job, Status.RUNNING, time.time(), worker="stalled")
     assert store.save_transition(job, mine)
     # Taken over: back to queued, then running under "other" (which has not finished yet).

@@ -24,7 +24,9 @@ def auth(key: str) -> dict[str, str]:
 @pytest.fixture
 def gateway(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     def start(**env: str) -> Stack:
-        stack: Stack = make_stack(DIFFQ_AUTH="required", DIFFQ_API_KEYS=KEYS, **env)
+        stack: Stack = make_stack(
+            DIFFQ_AUTH="required", DIFFQ_API_KEYS=KEYS, **{"DIFFQ_HIGH_PRIORITY_KEYS": "alice", **env}
+        )
         stack.start_gateway()
         return stack
 
@@ -43,6 +45,18 @@ def test_keys_are_required_and_checked(gateway) -> None:  # type: ignore[no-unty
     # Probes and metrics stay open (the network policy guards them).
     assert httpx.get(f"{base}/livez").status_code == 200
     assert httpx.get(f"{base}/metrics").status_code == 200
+
+
+def test_only_keys_granted_it_may_use_high_priority(gateway) -> None:  # type: ignore[no-untyped-def]
+    base = gateway().base_url
+    high = {**JOB, "priority": "high"}
+    r = httpx.post(f"{base}/v1/jobs", json=high, headers=auth(BOB))
+    assert r.status_code == 422
+    assert r.json()["error"]["details"] == [{"field": "priority", "message": "not granted to this key"}]
+    low = httpx.post(f"{base}/v1/jobs", json={**JOB, "priority": "low"}, headers=auth(BOB))
+    assert low.status_code == 202
+    granted = httpx.post(f"{base}/v1/jobs", json=high, headers=auth(ALICE))
+    assert granted.status_code == 202 and granted.json()["request"]["priority"] == "high"
 
 
 def test_jobs_belong_to_their_key(gateway) -> None:  # type: ignore[no-untyped-def]

@@ -22,26 +22,29 @@ def new_job(seed: int = 1, num_images: int = 1) -> Job:
 
 def test_submit_get_round_trip(store: RedisStore) -> None:
     job = new_job()
-    entry = store.submit(job).entry_id
+    assert store.submit(job).position == 1
     got = store.get(job.id)
-    assert got is not None and got.entry_id == entry
+    assert got is not None and got.id == job.id
     assert got.request == job.request and got.status == Status.QUEUED
     assert store.get(new_job_id()) is None
 
 
 def test_claim_positions_depth_and_ack(store: RedisStore) -> None:
     jobs = [new_job(i) for i in range(3)]
-    entries = [store.submit(j).entry_id or "" for j in jobs]
-    assert [store.queue_position(MODEL, e) for e in entries] == [1, 2, 3]
-    assert store.queue_depth(MODEL) == 3
-    claimed = store.claim(MODEL, "w1", 2, None)
+    for j in jobs:
+        store.submit(j)
+    assert [store.queue_position(MODEL, j.id) for j in jobs] == [1, 2, 3]
+    assert store.queue_stats(MODEL).depth == 3
+    claimed = store.claim(MODEL, "w1", 2)
     assert [c.job_id for c in claimed] == [jobs[0].id, jobs[1].id]
-    assert store.queue_position(MODEL, entries[0]) is None
-    assert store.queue_position(MODEL, entries[2]) == 1
-    assert store.queue_depth(MODEL) == 1
+    # A claim carries each job's record: the worker needs no second read.
+    assert [c.record.status if c.record else None for c in claimed] == [Status.QUEUED] * 2
+    assert store.queue_position(MODEL, jobs[0].id) is None
+    assert store.queue_position(MODEL, jobs[2].id) == 1
+    assert store.queue_stats(MODEL).depth == 1
     store.ack(MODEL, claimed)
-    assert [c.job_id for c in store.claim(MODEL, "w2", 5, None)] == [jobs[2].id]
-    assert store.claim(MODEL, "w2", 5, None) == []
+    assert [c.job_id for c in store.claim(MODEL, "w2", 5)] == [jobs[2].id]
+    assert store.claim(MODEL, "w2", 5) == []
 
 
 def test_transition_is_compare_and_set(store: RedisStore) -> None:
@@ -73,18 +76,23 @@ def test_fields_cleared_on_requeue(store: RedisStore) -> None:
 def test_images_and_cancel_flag(store: RedisStore) -> None:
     job = new_job(num_images=2)
     store.submit(job)
-    store.put_images(job.id, [b"png0", b"png1"])
-    assert store.get_image(job.id, 1) == b"png1" and store.get_image(job.id, 2) is None
-    assert store.cancel_requested([job.id]) == set()
+    assert len(store.claim(MODEL, "w", 1)) == 1
+    running = transition(job, Status.RUNNING, time.time(), worker="w")
+    assert store.save_transition(job, running)
+    assert store.set_progress({job.id: 1}) == set()
     store.request_cancel(job.id)
-    assert store.cancel_requested([job.id]) == {job.id}
+    assert store.set_progress({job.id: 2}) == {job.id}
+    assert store.get(job.id).step == 2  # type: ignore[union-attr]
+    done = transition(running, Status.SUCCEEDED, time.time(), image_count=2)
+    assert store.store_results([(running, done, [b"png0", b"png1"])]) == [True]
+    assert store.get_image(job.id, 1) == b"png1" and store.get_image(job.id, 2) is None
 
 
 def test_reclaim_takes_idle_entries_and_renew_keeps_them(store: RedisStore) -> None:
     a, b = new_job(1), new_job(2)
     store.submit(a)
     store.submit(b)
-    held = store.claim(MODEL, "dead", 2, None)
+    held = store.claim(MODEL, "dead", 2)
     time.sleep(0.3)
     assert store.renew(MODEL, "dead", [held[1]]) == []  # only b's lease is renewed
     taken = store.reclaim(MODEL, "alive", min_idle_ms=200)
@@ -127,7 +135,7 @@ def test_progress_write_reports_requested_cancels(store: RedisStore) -> None:
     assert store.set_progress({a.id: 1, b.id: 1}) == set()
     store.request_cancel(b.id)
     assert store.set_progress({a.id: 2, b.id: 2}) == {b.id}
-    assert store.cancel_requested([a.id, b.id]) == {b.id}
+    assert store.set_progress({a.id: 3, b.id: 3}) == {b.id}  # the flag stays until the job ends
 
 
 def test_a_record_lives_while_its_job_does_then_for_the_ttl(valkey: str, prefix: str) -> None:
@@ -162,7 +170,7 @@ def test_queue_stats_count_waiting_work_until_claimed(store: RedisStore) -> None
     # images x steps: guidance 1.0 is plain conditional, one denoiser row per image.
     assert stats.evaluations == sum(j.request.evaluations for j in jobs) == (1 + 3 + 2) * 4
     assert stats.oldest_age_seconds is not None and 0 <= stats.oldest_age_seconds < 30
-    store.claim(MODEL, "w1", 1, None)
+    store.claim(MODEL, "w1", 1)
     after = store.queue_stats(MODEL)
     assert (after.depth, after.evaluations) == (2, (3 + 2) * 4)
     # A cancelled job's entry stays in the stream until a worker skips it; it is not work.
@@ -188,12 +196,12 @@ def test_claims_take_high_before_normal_before_low(store: RedisStore) -> None:
     low, normal, high, normal2 = jobs.values()
     # Positions count the waiting jobs of higher priorities first.
     stored = [store.get(j) for j in jobs]
-    positions = [store.queue_position(MODEL, j.entry_id or "", j.request.priority) for j in stored if j]
+    positions = [store.queue_position(MODEL, j.id, j.request.priority) for j in stored if j]
     assert positions == [4, 2, 1, 3]
-    order = [c for _ in range(4) for c in store.claim(MODEL, "w", 1, None)]
+    order = [c for _ in range(4) for c in store.claim(MODEL, "w", 1)]
     assert [c.job_id for c in order] == [high.id, normal.id, normal2.id, low.id]
     assert [c.priority for c in order] == ["high", "normal", "normal", "low"]
-    assert store.claim(MODEL, "w", 1, 50) == []  # blocking on all three, nothing arrives
+    assert store.claim(MODEL, "w", 1) == []
 
 
 def test_one_claim_spans_priorities_in_order(store: RedisStore) -> None:
@@ -203,9 +211,9 @@ def test_one_claim_spans_priorities_in_order(store: RedisStore) -> None:
         made.append(replace(job, request=replace(job.request, priority=priority)))
         store.submit(made[-1])
     low, normal, high, normal2 = made
-    first = store.claim(MODEL, "w", 3, None)
+    first = store.claim(MODEL, "w", 3)
     assert [c.job_id for c in first] == [high.id, normal.id, normal2.id]
-    rest = store.claim(MODEL, "w", 3, None)
+    rest = store.claim(MODEL, "w", 3)
     assert [c.job_id for c in rest] == [low.id]  # fewer than asked: the streams are drained
 
 
@@ -230,7 +238,7 @@ def test_renew_lets_go_of_entries_another_worker_took(store: RedisStore) -> None
     a, b = new_job(), new_job()
     store.submit(a)
     store.submit(b)
-    held = store.claim(MODEL, "slow", 2, None)
+    held = store.claim(MODEL, "slow", 2)
     time.sleep(0.25)
     taken = store.reclaim(MODEL, "other", min_idle_ms=200, count=1)
     assert [c.job_id for c in taken] == [a.id]
@@ -263,8 +271,8 @@ def test_lease_renewals_do_not_count_as_deliveries(store: RedisStore) -> None:
     jobs = [new_job(i) for i in range(2)]
     for j in jobs:
         store.submit(j)
-    claimed = store.claim(MODEL, "w1", 2, None)
+    claimed = store.claim(MODEL, "w1", 2)
     for _ in range(3):
         assert store.renew(MODEL, "w1", claimed) == []
-    pending = store._r.xpending_range(store._queue(MODEL, Priority.NORMAL), "workers", "-", "+", 10)
+    pending = store._r.xpending_range(store.keys.claimed(MODEL), "workers", "-", "+", 10)
     assert [p["times_delivered"] for p in pending] == [1, 1]

@@ -39,5 +39,5 @@ def test_burst_worker_drains_the_queue_and_exits(valkey: str, prefix: str) -> No
     assert [j.status if j else None for j in final] == [Status.SUCCEEDED, Status.CANCELLED, Status.SUCCEEDED]
     assert all(store.get_image(j.id, 0) for j in (jobs[0], jobs[2]))
     assert store.get_image(cancelled.id, 0) is None
-    assert store.queue_depth(MODEL) == 0
+    assert store.queue_stats(MODEL).depth == 0
     assert store.live_workers(MODEL, within_seconds=60) == 0  # it deregistered on the way out

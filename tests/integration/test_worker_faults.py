@@ -52,7 +52,7 @@ def test_job_of_a_dead_worker_is_reclaimed_and_counted_as_a_retry(valkey: str, p
     job = queued(3)
     store.submit(job)
     # A worker claims it, starts it, and dies without renewing its lease.
-    assert len(store.claim(MODEL, "ghost", 1, None)) == 1
+    assert len(store.claim(MODEL, "ghost", 1)) == 1
     assert store.save_transition(job, transition(job, Status.RUNNING, time.time(), worker="ghost"))
     time.sleep(0.6)
 
@@ -130,7 +130,7 @@ def test_a_stale_delivery_is_let_go_not_restarted(valkey: str, prefix: str) -> N
     store.ensure_group(MODEL)
     job = queued(4)
     store.submit(job)
-    assert len(store.claim(MODEL, "ghost", 1, None)) == 1  # a worker that then died
+    assert len(store.claim(MODEL, "ghost", 1)) == 1  # a worker that then died
     assert store.save_transition(job, transition(job, Status.RUNNING, time.time(), worker="ghost"))
     time.sleep(0.4)
     a = build_worker(worker_settings(valkey, prefix, lease_seconds=0.3, worker_id="w-a"))

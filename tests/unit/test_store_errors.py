@@ -5,6 +5,7 @@ The bundled client's submission retries. No Redis needed."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -12,10 +13,14 @@ import pytest
 import redis
 from redis import exceptions as rexc
 
-from diffq import store as store_module
 from diffq.client import post_job, retry_after
 from diffq.errors import Unavailable
-from diffq.store import RedisStore, _unavailable, fault
+from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
+from diffq.store import RedisStore, fault
+from diffq.store import faults as store_module
+from diffq.store.faults import unavailable as _unavailable
+from diffq.store.lua import Call, run_many
+from diffq.store.records import TRANSITION
 
 
 @pytest.mark.parametrize(
@@ -173,7 +178,7 @@ class _FakePipeline:
 
 
 class _FakeRedis:
-    """Just what ``_script_many`` uses: pipelines of EVALSHA, and SCRIPT LOAD."""
+    """Just what ``run_many`` uses: pipelines of EVALSHA, and SCRIPT LOAD."""
 
     def __init__(self, loaded: bool, fail_with: Exception | None = None) -> None:
         self.loaded, self.fail_with, self.executes = loaded, fail_with, 0
@@ -186,17 +191,19 @@ class _FakeRedis:
 
 
 def test_a_lost_script_cache_is_reloaded_not_reported() -> None:
-    store = RedisStore("redis://127.0.0.1:1/0")
-    store._r = _FakeRedis(loaded=False)
-    assert store._script_many(store._transition, [(["k"], ["a"]), (["k2"], ["b"])]) == ["OK", "OK"]
-    assert store._r.executes == 2  # NOSCRIPT, then again once loaded
+    fake = _FakeRedis(loaded=False)
+    calls = [Call(TRANSITION, ["k"], ["a"]), Call(TRANSITION, ["k2"], ["b"])]
+    assert run_many(fake, calls) == ["OK", "OK"]
+    assert fake.executes == 2  # NOSCRIPT, then again once loaded
 
 
 def test_a_refused_script_call_is_a_503_not_a_500() -> None:
     store = RedisStore("redis://127.0.0.1:1/0")
     store._r = _FakeRedis(loaded=True, fail_with=rexc.OutOfMemoryError("command not allowed"))
+    req = JobRequest("m", 1, 1, 4, "ddim", 1.0, 1)
+    job = Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time())
     with pytest.raises(Unavailable) as info:
-        store._script_many(store._transition, [(["k"], ["a"])])
+        store.save_transitions([(job, transition(job, Status.CANCELLED, time.time()))])
     assert info.value.details == {"reason": "full"}
 
 

@@ -1,0 +1,222 @@
+"""Job records: reads, compare-and-set status changes (with their bookkeeping), results,
+progress and cancel flags, and the terminal announcements that wake waiting requests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.backoff
+
+from diffq.jobs import Job
+from diffq.store.codec import MUTABLE_FIELDS, decode, encode, text
+from diffq.store.connection import CLIENT_OPTIONS, Connection
+from diffq.store.faults import unavailable
+from diffq.store.feeds import DoneFeed
+from diffq.store.lua import TAKE_FN, Call, Script, run, run_many
+
+# Compare-and-set the status (``expected`` -> ``status``) and set the changed fields (pairs from
+# ARGV[pairs_from]; '' deletes). Keeps the books too: a job leaving the waiting set unclaimed
+# (cancelled or expired in the queue) takes its work off the model's and the owner's counters
+# (a claimed one left them when claimed); a terminal job leaves its owner's in-flight set, is
+# announced on its channel, and its record and images expire after ``ttl``. A live job's
+# record never expires.
+_TRANSITION_KEYS = ("job", "images", "inflight", "model_work", "owner_work", "waiting", "since", "channel")
+_TRANSITION_ARGV = ("expected", "status", "ttl", "job_id", "work", "terminal")
+_TRANSITION_FN = (
+    TAKE_FN
+    + """
+local function transition(pairs_from)
+  local cur = redis.call('HGET', job, 'status')
+  if not cur then return false end
+  if cur ~= expected then return cur end
+  redis.call('HSET', job, 'status', status)
+  for i = pairs_from, #ARGV, 2 do
+    if ARGV[i + 1] == '' then redis.call('HDEL', job, ARGV[i])
+    else redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
+  end
+  if redis.call('ZREM', waiting, job_id) == 1 then
+    redis.call('ZREM', since, job_id)
+    take(model_work, work)
+    take(owner_work, work)
+  end
+  if terminal == '1' then
+    redis.call('EXPIRE', job, ttl)
+    if redis.call('EXISTS', images) == 1 then redis.call('EXPIRE', images, ttl) end
+    redis.call('ZREM', inflight, job_id)
+    redis.call('PUBLISH', channel, status)
+  else
+    redis.call('PERSIST', job)
+  end
+  return 'OK'
+end
+"""
+)
+TRANSITION = Script(_TRANSITION_KEYS, _TRANSITION_ARGV, "return transition(more_argv)", _TRANSITION_FN)
+
+# A job's images and its status change in one step: the ``count`` PNGs first in the tail,
+# then the transition's field pairs. The images are written only if the status is still the
+# expected one (running): once a job has succeeded (whichever worker won), a late worker that
+# ran it too changes nothing.
+STORE_RESULT = Script(
+    _TRANSITION_KEYS,
+    (*_TRANSITION_ARGV, "count"),
+    """
+local n = tonumber(count)
+local cur = redis.call('HGET', job, 'status')
+if cur ~= expected then return cur end
+redis.call('DEL', images)
+for i = 0, n - 1 do redis.call('HSET', images, tostring(i), ARGV[more_argv + i]) end
+return transition(more_argv + n)
+""",
+    _TRANSITION_FN,
+)
+
+# Each running job's step (the i-th record of the tail gets the i-th step), on records that
+# still exist; returns the 1-based indices of those whose cancel was requested.
+SET_PROGRESS = Script(
+    (),
+    (),
+    """
+local cancelled = {}
+for i = more_keys, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HSET', KEYS[i], 'step', ARGV[more_argv + i - more_keys])
+    if redis.call('HGET', KEYS[i], 'cancel') == '1' then table.insert(cancelled, i) end
+  end
+end
+return cancelled
+""",
+)
+
+# Flag a running job's cancel; never resurrect an expired record as a fragment.
+REQUEST_CANCEL = Script(
+    ("job",),
+    (),
+    "if redis.call('EXISTS', job) == 1 then redis.call('HSET', job, 'cancel', '1') end return 1",
+)
+
+
+class JobRecords(Connection):
+    def get(self, job_id: str) -> Job | None:
+        with unavailable():
+            raw = self._r.hgetall(self.keys.job(job_id))
+        return decode(job_id, raw) if raw else None
+
+    async def get_async(self, job_id: str) -> Job | None:
+        """``get`` on the asyncio connection."""
+        with unavailable():
+            raw = await self._async().hgetall(self.keys.job(job_id))
+        return decode(job_id, raw) if raw else None
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        with unavailable():
+            pipe = self._r.pipeline(transaction=False)
+            for j in job_ids:
+                pipe.hgetall(self.keys.job(j))
+            raws = pipe.execute()
+        return [decode(j, raw) if raw else None for j, raw in zip(job_ids, raws, strict=True)]
+
+    def save_transition(self, before: Job, after: Job) -> bool:
+        """Write ``after`` if the stored status is still ``before.status``.
+
+        False when the status moved on meanwhile (or the record expired): the caller lost the
+        race and must re-read before deciding anything.
+        """
+        return self.save_transitions([(before, after)])[0]
+
+    def save_transitions(self, changes: Sequence[tuple[Job, Job]]) -> list[bool]:
+        """``save_transition`` for many jobs in one round trip; each is its own compare-and-set."""
+        calls = [self._transition(TRANSITION, before, after) for before, after in changes]
+        return self._all_ok(calls)
+
+    def store_results(self, results: Sequence[tuple[Job, Job, Sequence[bytes]]]) -> list[bool]:
+        """For each (running record, succeeded record, PNGs): the images and the status change
+        in one step, if the job is still running; all in one round trip. False, with nothing
+        written, for a job that is terminal, back in the queue or gone."""
+        calls = [self._transition(STORE_RESULT, before, after, pngs) for before, after, pngs in results]
+        return self._all_ok(calls)
+
+    def _all_ok(self, calls: list[Call]) -> list[bool]:
+        if not calls:
+            return []
+        with unavailable():
+            replies = run_many(self._r, calls)
+        return [r is not None and text(r) == "OK" for r in replies]
+
+    def _transition(self, script: Script, before: Job, after: Job, pngs: Sequence[bytes] = ()) -> Call:
+        changed, old = encode(after), encode(before)
+        fields: list[Any] = []
+        for name in MUTABLE_FIELDS:
+            # A record names the worker that made its last change even where the caller's copy
+            # is older than the stored one (another worker took the job over meanwhile).
+            if changed.get(name, "") != old.get(name, "") or (name == "worker" and changed.get(name)):
+                fields += [name, changed.get(name, "")]
+        argv: dict[str, Any] = {
+            "expected": before.status.value,
+            "status": after.status.value,
+            "ttl": self.ttl,
+            "job_id": after.id,
+            "work": after.request.evaluations,
+            "terminal": "1" if after.terminal else "",
+        }
+        if script is STORE_RESULT:
+            argv["count"] = len(pngs)
+        model, k = after.request.model, self.keys
+        keys = {
+            "job": k.job(after.id),
+            "images": k.images(after.id),
+            "inflight": k.inflight(after.owner),
+            "model_work": k.work(model),
+            "owner_work": k.owner_work(after.owner),
+            "waiting": k.waiting(model, after.request.priority),
+            "since": k.since(model),
+            "channel": k.done_channel(after.id),
+        }
+        return script.bind(keys, argv, more_argv=[*pngs, *fields])
+
+    def set_progress(self, steps: dict[str, int]) -> set[str]:
+        """Record each running job's step, and return the jobs whose cancel was requested:
+        the worker's one round trip per step for the whole batch."""
+        if not steps:
+            return set()
+        ids = list(steps)
+        call = SET_PROGRESS.bind({}, {}, [self.keys.job(j) for j in ids], list(steps.values()))
+        return {ids[int(i) - 1] for i in run(self._r, call)}
+
+    def request_cancel(self, job_id: str) -> None:
+        with unavailable():
+            run(self._r, REQUEST_CANCEL.bind({"job": self.keys.job(job_id)}, {}))
+
+    def get_image(self, job_id: str, index: int) -> bytes | None:
+        with unavailable():
+            data = self._r.hget(self.keys.images(job_id), str(index))
+        return bytes(data) if data is not None else None
+
+    async def done_feed(self) -> DoneFeed:
+        """A subscription to every job's terminal announcement (``<p>:done:*``) on a connection
+        of its own, never one of the pool's: one per gateway process serves all its waiting
+        requests (``service/waiters.py``). Returns once Valkey confirmed the subscription, so
+        any job that turns terminal after this returns is announced on it. Redis errors are
+        raised untranslated (the caller reconnects)."""
+        client = redis.asyncio.Redis.from_url(
+            self._url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            # No silent reconnect: a lost subscription must surface, so that the waiters
+            # (whose announcements may have been missed meanwhile) read their jobs again.
+            retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
+            **CLIENT_OPTIONS,
+        )
+        pubsub = client.pubsub()
+        feed = DoneFeed(client, pubsub, self.keys.done_channel_prefix, self._timeout)
+        try:
+            await pubsub.psubscribe(feed.pattern)
+            await feed.confirmed()
+        except BaseException:
+            await feed.aclose()
+            raise
+        return feed
