@@ -65,7 +65,13 @@ class GatewaySettings(CommonSettings):
     )
     auth: Literal["required", "off"] = Field(
         default="required",
-        description="API keys on /v1/*; `make run` turns it off for local use.",
+        description="API keys on /v1/* and /metrics; `make run` turns it off for local use.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without an API key even with DIFFQ_AUTH=required: only for a "
+        "scraper on a trusted network (the families name models and queue sizes, never jobs). "
+        "Otherwise give the scraper a key of its own (`diffq keygen --name prometheus`).",
     )
     api_keys: str = Field(
         default="",

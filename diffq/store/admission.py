@@ -240,15 +240,25 @@ class Admission(Connection):
     def queue_position(self, model: str, job_id: str, priority: Priority = Priority.NORMAL) -> int | None:
         """1-based position among the jobs not yet claimed, counting the waiting jobs of
         higher priorities first; None once claimed. Logarithmic in the backlog."""
+        with unavailable():
+            position = int(run(self._r, self._position(model, job_id, priority)))
+        return position or None
+
+    async def queue_position_async(
+        self, model: str, job_id: str, priority: Priority = Priority.NORMAL
+    ) -> int | None:
+        """``queue_position`` on the asyncio connection."""
+        with unavailable():
+            position = int(await run_async(self._async(), self._position(model, job_id, priority)))
+        return position or None
+
+    def _position(self, model: str, job_id: str, priority: Priority) -> Call:
         k = self.keys
-        call = POSITION.bind(
+        return POSITION.bind(
             {"waiting": k.waiting(model, priority)},
             {"job_id": job_id},
             [k.waiting(model, p) for p in _higher(priority)],
         )
-        with unavailable():
-            position = int(run(self._r, call))
-        return position or None
 
     def queue_stats(self, model: str) -> QueueStats:
         """The jobs waiting for a worker, all priorities: how many, their denoiser evaluations

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from tests.deploy_checks import (
     DOCKERFILES,
@@ -333,3 +334,18 @@ def test_dockerignore_ships_the_package_and_its_model_only() -> None:
         assert not dockerignore_excludes(patterns, path), f"{path} must reach the build"
     for path in LEFT_OUT:
         assert dockerignore_excludes(patterns, path), f"{path} must stay out of the build context"
+
+
+def test_prometheus_scrapes_the_gateway_with_the_metrics_key(render: Render) -> None:
+    # /metrics takes an API key like /v1 (auth is on by default): Prometheus sends the one in
+    # DIFFQ_METRICS_KEY, mounted as a secret where its scrape config reads it.
+    services = render("monitoring")["services"]
+    assert services["gateway"]["environment"]["DIFFQ_METRICS_PUBLIC"] == "false"
+    [secret] = services["prometheus"]["secrets"]
+    assert render("monitoring")["secrets"][secret["source"]]["environment"] == "DIFFQ_METRICS_KEY"
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [gateway] = [job for job in config["scrape_configs"] if job["job_name"] == "diffq-gateway"]
+    assert gateway["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": f"/run/secrets/{secret['target']}",
+    }

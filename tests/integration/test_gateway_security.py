@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.auth import hash_key
 from tests.conftest import Stack
@@ -42,9 +43,27 @@ def test_keys_are_required_and_checked(gateway) -> None:  # type: ignore[no-unty
         assert r.headers["WWW-Authenticate"] == "Bearer"
     assert httpx.get(f"{base}/v1/models").status_code == 401
     assert httpx.get(f"{base}/v1/models", headers=auth(ALICE)).status_code == 200
-    # Probes and metrics stay open (the network policy guards them).
+    # Probes stay open (the network policy guards them).
     assert httpx.get(f"{base}/livez").status_code == 200
-    assert httpx.get(f"{base}/metrics").status_code == 200
+
+
+def test_metrics_take_a_key_unless_made_public(gateway) -> None:  # type: ignore[no-untyped-def]
+    base = gateway().base_url
+    for headers in ({}, auth("dq_wrong")):
+        r = httpx.get(f"{base}/metrics", headers=headers)
+        assert r.status_code == 401, headers
+        assert r.json()["error"]["type"] == "unauthorized" and r.headers["WWW-Authenticate"] == "Bearer"
+    r = httpx.get(f"{base}/metrics", headers=auth(ALICE))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    families = {f.name for f in text_string_to_metric_families(r.text)}
+    assert {"diffq_http_requests", "diffq_jobs_submitted", "diffq_queue_depth", "diffq_redis_up"} <= families
+    # The refused scrapes were counted like any request: under the route, as 401s.
+    assert 'route="/metrics",status_code="401"' in r.text
+
+    public = gateway(DIFFQ_METRICS_PUBLIC="true").base_url
+    r = httpx.get(f"{public}/metrics")
+    assert r.status_code == 200 and "diffq_queue_depth" in r.text
+    assert httpx.get(f"{public}/v1/models").status_code == 401  # the API itself still takes a key
 
 
 def test_only_keys_granted_it_may_use_high_priority(gateway) -> None:  # type: ignore[no-untyped-def]

@@ -538,3 +538,31 @@ def test_gateway_keys_come_from_a_secret_and_only_dev_ships_one() -> None:
         else:  # the placeholder is refused, so an unconfigured gateway does not start
             with pytest.raises(ValueError):
                 ApiKeys.parse(entries)
+
+
+def test_prometheus_scrapes_the_gateway_with_a_key_the_gateway_accepts(rendered: Rendered) -> None:
+    # /metrics takes a key with auth on: the ServiceMonitor sends one from a Secret (the
+    # operator reads it in the monitor's own namespace), and the gateway's keys hold its entry.
+    (monitor,) = [
+        m for m in rendered.of_kind("ServiceMonitor") if m["metadata"]["labels"][COMPONENT] == "gateway"
+    ]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["authorization"].get("type", "Bearer") == "Bearer"
+    ref = endpoint["authorization"]["credentials"]
+    secret = rendered.get("Secret", ref["name"])
+    assert secret is not None and secret["metadata"]["namespace"] == monitor["metadata"]["namespace"]
+    key = secret_data(secret)[ref["key"]]
+    gateway = the_container(rendered.workload("gateway"))
+    config = {
+        k: v
+        for source in gateway.get("envFrom", [])
+        if "configMapRef" in source
+        for k, v in rendered.get("ConfigMap", source["configMapRef"]["name"])["data"].items()  # type: ignore[index]
+    }
+    assert config.get("DIFFQ_METRICS_PUBLIC", "false") == "false"
+    keys_ref = {e["name"]: e for e in gateway["env"]}["DIFFQ_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    entries = secret_data(rendered.get("Secret", keys_ref["name"]))[keys_ref["key"]]  # type: ignore[arg-type]
+    if rendered.overlay == "dev-cpu":
+        assert ApiKeys.parse(entries).identify(key) == "prometheus"
+    else:  # placeholders, replaced together at deploy time
+        assert key == "REPLACE-ME"

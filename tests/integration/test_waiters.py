@@ -9,11 +9,14 @@ waiting), and a wait outlives a Valkey restart.
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -139,6 +142,51 @@ def test_past_a_keys_bound_no_more_of_its_requests_wait_and_other_keys_still_do(
     # Her places are back once they answered.
     again = httpx.get(url, headers=auth(ALICE, 0.2), timeout=5)
     assert again.status_code == 200 and again.headers["Preference-Applied"] == "wait=0.2"
+
+
+def open_waiting(base: str, method: str, path: str, key: str, wait: float) -> socket.socket:
+    """A request with ``Prefer: wait`` sent on a raw connection, left unanswered (close it to go)."""
+    url = urlsplit(base)
+    body = json.dumps(JOB).encode() if method == "POST" else b""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {key}\r\n"
+        f"Prefer: wait={wait:g}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    conn = socket.create_connection((url.hostname, url.port), timeout=5)
+    conn.sendall(head.encode() + body)
+    return conn
+
+
+def test_a_client_that_goes_away_gives_its_waiting_place_back_at_once(gateway: Callable[..., Stack]) -> None:
+    stack = gateway(DIFFQ_MAX_WAITERS_PER_KEY="3", DIFFQ_MAX_WAIT_SECONDS="60")
+    base = stack.base_url
+    job_id = submit(base, ALICE)
+    # Alice's three places: two reads of her queued job and a submission, each to wait 60 s.
+    conns = [open_waiting(base, "GET", f"/v1/jobs/{job_id}", ALICE, 60) for _ in range(2)]
+    conns.append(open_waiting(base, "POST", "/v1/jobs", ALICE, 60))
+    deadline = time.monotonic() + 5
+    while True:  # until her bound is full: a read is then answered at once, not waiting
+        probe = httpx.get(f"{base}/v1/jobs/{job_id}", headers=auth(ALICE, 0.1), timeout=5)
+        if "Preference-Applied" not in probe.headers or time.monotonic() > deadline:
+            break
+    refused = httpx.post(f"{base}/v1/jobs", json=JOB, headers=auth(ALICE, 1), timeout=5)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "too_many_waiters"
+    for conn in conns:  # the clients go away, 60 s before their waits would end
+        conn.close()
+    time.sleep(0.5)
+    start = time.monotonic()
+    again = httpx.post(f"{base}/v1/jobs", json=JOB, headers=auth(ALICE, 1), timeout=5)
+    assert again.status_code == 202, again.text
+    assert again.headers["Preference-Applied"] == "wait=1" and time.monotonic() - start < 3
+
+    # All three places are back: three waiting reads at once are all applied.
+    async def three() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+            reads = [client.get(f"/v1/jobs/{job_id}", headers=auth(ALICE, 0.5)) for _ in range(3)]
+            return list(await asyncio.gather(*reads))
+
+    assert [r.headers.get("Preference-Applied") for r in asyncio.run(three())] == ["wait=0.5"] * 3
+    assert "Traceback" not in stack.read_log("gateway")
 
 
 def test_a_waiting_request_is_woken_when_its_job_is_cancelled(gateway: Callable[..., Stack]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.app import wait_preference
+from service.deps import wait_preference
 
 
 @pytest.mark.parametrize(

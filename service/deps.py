@@ -1,0 +1,132 @@
+"""The routes' dependencies: the shared state, who is asking, ``Prefer: wait`` and its waiting
+place, the Idempotency-Key header, and a way to learn that the client went away."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from diffq.errors import Unauthorized
+from diffq.jobs import ANONYMOUS
+from service.state import State
+
+
+# Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in the thread pool,
+# a hop per dependency per request, and these do no I/O.
+async def get_state(request: Request) -> State:
+    state: State = request.app.state.diffq
+    return state
+
+
+StateDep = Annotated[State, Depends(get_state)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def identify(state: State, credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The name of the presented API key (``anonymous`` with auth off); 401 without a known one."""
+    if state.settings.auth == "off":
+        return ANONYMOUS
+    token = credentials.credentials if credentials else None
+    name = state.keys.identify(token) if token else None
+    if name is None:
+        raise Unauthorized("missing or unknown API key; send Authorization: Bearer <key>")
+    return name
+
+
+async def get_owner(state: StateDep, credentials: Credentials) -> str:
+    """Who is asking: the name of their API key (everyone is ``anonymous`` with auth off)."""
+    return identify(state, credentials)
+
+
+OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+async def metrics_access(state: StateDep, credentials: Credentials) -> None:
+    """``/metrics`` takes a key like the API, unless DIFFQ_METRICS_PUBLIC opens it (a scraper
+    on a trusted network) or auth is off."""
+    if not state.settings.metrics_public:
+        identify(state, credentials)
+
+
+MetricsAccess = Annotated[None, Depends(metrics_access)]
+
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        alias="Prefer",
+        description="`wait=N`: hold the answer until the job is terminal or N seconds pass "
+        "(at most the server's limit, 60 s by default), so clients need not poll. Past the key's "
+        "bound of waiting requests a submission is 429 `too_many_waiters` (nothing queued) and a read "
+        "is answered at once without `Preference-Applied`. Preferences the server cannot read are "
+        "ignored (RFC 7240).",
+    ),
+]
+
+
+def wait_preference(prefer: str | None, max_wait: float) -> float | None:
+    """Seconds to wait from a ``Prefer`` header (RFC 7240), capped at ``max_wait``; None when
+    it asks for no wait or names one that cannot be read (a preference is a hint: never an
+    error). Only the first 1,000 characters are looked at."""
+    for preference in (prefer or "")[:1000].split(","):
+        name, _, value = preference.split(";")[0].strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        try:
+            seconds = float(value.strip().strip('"'))
+        except ValueError:
+            return None
+        if math.isnan(seconds) or seconds < 0:
+            return None
+        return min(seconds, max_wait)
+    return None
+
+
+async def get_wait(state: StateDep, prefer: PreferHeader = None) -> float | None:
+    """The wait the client prefers, capped at DIFFQ_MAX_WAIT_SECONDS; None for none."""
+    return wait_preference(prefer, state.settings.max_wait_seconds)
+
+
+WaitDep = Annotated[float | None, Depends(get_wait)]
+
+
+async def wait_slot(state: StateDep, owner: OwnerDep, wait: WaitDep) -> AsyncIterator[None]:
+    """A submission's waiting place (``Prefer: wait=N``, N > 0), taken before it is queued: past
+    the bound the 429 means nothing was done, so a client's retry cannot queue the job twice."""
+    with state.waiters.slot(owner) if wait else contextlib.nullcontext():
+        yield
+
+
+WaitSlotDep = Annotated[None, Depends(wait_slot)]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Retries with the same key (per API key, within the result TTL) return the same job.",
+    ),
+]
+
+ClientGone = Callable[[], Awaitable[None]]
+
+
+async def client_gone(request: Request) -> ClientGone:
+    """What returns once the client has disconnected. The body was read already (by the body-size
+    middleware, which replays it): what ``receive`` gives from here on is the disconnect."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass  # the replayed body of a request no route read (a GET's empty one)
+
+    return gone
+
+
+ClientGoneDep = Annotated[ClientGone, Depends(client_gone)]
