@@ -8,9 +8,14 @@ store) and, for every model in the store, ``WORKERS`` worker processes (or the m
 their batch.
 
 ``serve`` supervises what it starts: a child that exits (Valkey, the gateway, a worker) is
-reaped and restarted after a back-off that doubles while it keeps failing (Valkey on the same
-port and data, so accepted jobs survive); "ready" is said only while every child is up, and
-"not ready" with the reason when one fails. On Linux every child gets SIGTERM when ``serve``
+reaped and restarted after a back-off that doubles while it keeps failing, up to
+``DIFFQ_RESTART_BACKOFF_MAX_SECONDS``, and starts afresh once the child has stayed up a while
+(Valkey on the same port and data, so accepted jobs survive). It never gives up on a child
+that keeps crashing, at start-up or later, Valkey included (the gateway and workers start, or
+restart, once Valkey listens); only a child refusing its settings before it ever came up
+(exit status 2: the environment it would get again is the same) stops ``serve``, with that
+status. "ready" is said only while every child is up, and "not ready" with the reason when
+one fails. On Linux every child gets SIGTERM when ``serve``
 dies, even by SIGKILL, so none is left orphaned. An exclusive lock on the embedded Valkey's data
 directory, shared with that Valkey, refuses a second ``serve`` on the same data.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import http.client
 import os
 import re
 import signal
@@ -41,6 +47,10 @@ from model_store.store import DEFAULT_ROOT, ModelStore, ModelStoreError
 
 MAX_WORKERS_PER_MODEL = 64
 EXIT_CONFIG = 2  # bad settings or store, or the gateway's port already taken
+# A child's exits that restarting cannot cure: `diffq gateway` and `diffq worker` exit 2 for
+# invalid settings (``diffq.cli._settings``), and a restart gets the same environment. (A taken
+# probe port, PROBE_PORT_EXIT, is retried: whatever holds it may let it go.)
+FATAL_EXITS = frozenset({EXIT_CONFIG})
 EXIT_LOCKED = 3  # another `serve` (or the Valkey it left) holds the data directory
 LOCK_FILE = "serve.lock"
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # as in the manifest
@@ -137,7 +147,7 @@ class ServeSettings(BaseSettings):
         return worker_plan(names, self.workers, self.workers_per_model, self.worker_port)
 
 
-STABLE_SECONDS = 30.0  # a child that ran this long before exiting starts its back-off afresh
+STABLE_SECONDS = 30.0  # a child up (its probe passed) this long before exiting starts its back-off afresh
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -149,10 +159,18 @@ def backoff_delay(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
     return min(cap, base * 2.0 ** min(failures - 1, 60))
 
 
-def next_failures(failures: int, ran_seconds: float, stable: float = STABLE_SECONDS) -> int:
-    """The failure count after an exit: a child that ran ``stable`` seconds or more had
-    recovered, so its count restarts at 1; a quick exit adds one."""
-    return 1 if ran_seconds >= stable else failures + 1
+def next_failures(failures: int, up_seconds: float, stable: float = STABLE_SECONDS) -> int:
+    """The failure count after an exit: a child that had been up (its probe passing) for
+    ``stable`` seconds or more had recovered, so its count restarts at 1; an exit sooner, or
+    before it ever came up (however long it took to fail), adds one."""
+    return 1 if up_seconds >= stable else failures + 1
+
+
+def is_fatal(code: int, came_up: bool, fatal_exits: frozenset[int] = FATAL_EXITS) -> bool:
+    """Whether a child's exit ``code`` should stop ``serve`` rather than be restarted: one of
+    its ``fatal_exits`` (settings refused) before it ever came up. Anything else, crashes and
+    signals included, is restarted with back-off however often it recurs."""
+    return code in fatal_exits and not came_up
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -271,11 +289,12 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
-    """Whether ``url`` answers 200 (within ``timeout``)."""
+    """Whether ``url`` answers 200 (within ``timeout``); False for any failure, a garbled
+    answer from a child dying mid-response included (serve's loop must not raise)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return bool(r.status == 200)
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return False
 
 
@@ -348,21 +367,29 @@ class Child:
     spawn: Callable[[], subprocess.Popen[bytes]]
     is_up: Callable[[], bool]  # its readiness probe: polled after each start until it passes
     explain: Callable[[int], str] = describe_exit  # its exit status in words
+    announce: str = ""  # said the first time it comes up
+    fatal_exits: frozenset[int] = FATAL_EXITS  # see is_fatal
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
-    up: bool = False  # the probe passed since the last start
-    failures: int = 0  # exits in a row, each soon after its start
+    up: bool = False  # the probe passed since the last start (or the last recheck)
+    up_since: float | None = None  # when the probe first passed after the last start
+    failures: int = 0  # exits in a row, each before it had stayed up STABLE_SECONDS
     restart_at: float = 0.0
     why: str = "is starting"  # why it is not up, for the "not ready" line
+    fatal: bool = False  # it refused its settings: serve stops (see is_fatal)
     history: list[float] = field(default_factory=list)  # delays waited, newest last (tests read them)
 
     def start(self, now: float) -> None:
-        self.proc, self.started, self.up, self.why = self.spawn(), now, False, "is starting"
+        self.proc, self.started, self.up, self.up_since = self.spawn(), now, False, None
+        self.why = "is starting"
 
-    def check(self, now: float, base: float, cap: float) -> str | None:
-        """Reap, restart or probe; returns a line to print when something changed."""
+    def check(self, now: float, base: float, cap: float, may_start: bool = True) -> str | None:
+        """Reap, restart or probe; returns a line to print when something changed.
+        ``may_start``: False while what it needs is down (it is then started later)."""
         if self.proc is None:
-            if now >= self.restart_at:
+            if now >= self.restart_at and not may_start:
+                self.why = "is waiting for Valkey"
+            elif now >= self.restart_at:
                 try:
                     self.start(now)
                 except OSError as e:  # e.g. the interpreter or the binary is gone
@@ -370,9 +397,18 @@ class Child:
             return None
         code = self.proc.poll()
         if code is not None:
+            if is_fatal(code, self.up_since is not None, self.fatal_exits):
+                self.proc, self.up, self.fatal = None, False, True
+                self.why = f"{self.explain(code)} before it came up"
+                return None
             return self._failed(now, self.explain(code), base, cap)
         if not self.up and self.is_up():
             self.up = True
+            if self.up_since is None:
+                self.up_since = now
+            if self.announce:
+                line, self.announce = self.announce, ""
+                return line
             if self.failures:
                 return f"{self.name} is up again"
         return None
@@ -383,7 +419,8 @@ class Child:
             self.up, self.why = False, why
 
     def _failed(self, now: float, why: str, base: float, cap: float) -> str:
-        self.failures = next_failures(self.failures, now - self.started)
+        up_for = now - self.up_since if self.up_since is not None else 0.0
+        self.failures = next_failures(self.failures, up_for)
         delay = backoff_delay(self.failures, base, cap)
         self.proc, self.up, self.restart_at = None, False, now + delay
         self.why = why
@@ -418,20 +455,9 @@ def serve(settings: ServeSettings) -> int:
     except DataDirLocked as e:
         print(f"diffq serve: {e}", file=sys.stderr, flush=True)
         return EXIT_LOCKED
-    try:
+    try:  # started by the supervision, like any child: one that fails at start is retried
         port = free_port()
         valkey = _valkey_child(data_dir, port, lock_fd)
-        valkey.start(time.monotonic())
-        assert valkey.proc is not None
-        try:  # listening before the gateway and workers connect
-            wait_for_port(port, valkey.proc)
-        except RuntimeError as e:
-            print(
-                f"diffq serve: embedded Valkey did not start: {e} ({_tail(valkey_log(data_dir))})", flush=True
-            )
-            _stop([valkey.proc], 10)
-            return 1
-        print(f"embedded Valkey on 127.0.0.1:{port} (data in {data_dir})", flush=True)
         return _supervise(settings, slots, f"redis://127.0.0.1:{port}/0", valkey)
     finally:
         os.close(lock_fd)
@@ -453,7 +479,14 @@ def _valkey_child(data_dir: Path, port: int, lock_fd: int) -> Child:
     # Same port and data on every restart: the children's REDIS_URL stays right and the AOF
     # brings back every job accepted before the crash. The lock goes with it, so an orphaned
     # Valkey still refuses a second serve where PDEATHSIG is missing.
-    return Child("embedded Valkey", spawn, lambda: port_open("127.0.0.1", port), explain)
+    return Child(
+        "embedded Valkey",
+        spawn,
+        lambda: port_open("127.0.0.1", port),
+        explain,
+        announce=f"embedded Valkey on 127.0.0.1:{port} (data in {data_dir})",
+        fatal_exits=frozenset(),  # not one of ours: whatever it exits with, it is restarted
+    )
 
 
 def _supervise(settings: ServeSettings, slots: list[WorkerSlot], redis_url: str, valkey: Child | None) -> int:
@@ -465,8 +498,6 @@ def _supervise(settings: ServeSettings, slots: list[WorkerSlot], redis_url: str,
             file=sys.stderr,
             flush=True,
         )
-        if valkey is not None and valkey.proc is not None:
-            _stop([valkey.proc], 10)
         return EXIT_CONFIG
     env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(settings.port)}
     if not env.get("DIFFQ_API_KEYS"):  # the local profile: no keys configured, so no auth
@@ -492,11 +523,22 @@ def _supervise(settings: ServeSettings, slots: list[WorkerSlot], redis_url: str,
         while not stopping:
             now = time.monotonic()
             for child in children:
+                # The gateway and workers start (and restart) once Valkey listens: sooner they
+                # would only fail to connect, and their back-off would grow meanwhile.
+                may_start = valkey is None or child is valkey or valkey.up
                 line = child.check(
-                    now, settings.restart_backoff_seconds, settings.restart_backoff_max_seconds
+                    now, settings.restart_backoff_seconds, settings.restart_backoff_max_seconds, may_start
                 )
                 if line:
                     print(line, flush=True)
+            fatal = [c for c in children if c.fatal]
+            if fatal:
+                print(
+                    f"diffq serve: {_reasons(fatal)}: invalid settings (its output says which); stopping",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return EXIT_CONFIG
             if valkey is not None and not valkey.up:  # they reconnect by themselves: ready once they have
                 for child in (gateway, *workers):
                     child.recheck("is waiting for Valkey")

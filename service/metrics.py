@@ -1,10 +1,15 @@
-"""The gateway's Prometheus families: requests, submissions, and the queue read at scrape time.
+"""The gateway's Prometheus families: requests, submissions, waiting requests, and the queue
+read at scrape time.
 
 Request counts are recorded by an ASGI middleware under the route's template
 (``/v1/jobs/{job_id}``), never the raw path, so job ids cannot become labels. The queue
 families (depth, queued denoiser work, oldest age, live workers) are read from Redis when
 scraped, by whichever gateway process answers the scrape, so several processes never report
 the same backlog twice.
+
+``diffq_waiters`` is set by each process's ``Waiters`` (``on_count``) as a ``Prefer: wait``
+request takes or gives back its waiting place; in multiprocess mode a scrape sums the live
+processes' values.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,6 +53,12 @@ class GatewayMetrics:
             "Jobs that reached a terminal status in the gateway (a queued job cancelled).",
             ["model", "status"],
             registry=r,
+        )
+        self.waiters = Gauge(
+            f"{PREFIX}_waiters",
+            "Prefer: wait requests waiting now, summed over the gateway's processes.",
+            registry=r,
+            multiprocess_mode="livesum",  # each process sets its own count; a scrape adds them
         )
         self.queue: Collector | None = None
 

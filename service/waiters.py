@@ -12,6 +12,9 @@ anything is done (a submission is not queued), so one key's waiters cannot take 
 An announcement can be missed only while the subscription is down: after it is made again
 (the feed reconnects by itself, with back-off, after a store restart) every waiter reads its
 job again, and so does each new waiter once the subscription is confirmed.
+
+``on_count`` (e.g. the ``diffq_waiters`` gauge's ``set``) hears the process's number of
+waiting requests each time a place is taken or given back.
 """
 
 from __future__ import annotations
@@ -54,8 +57,15 @@ class _Waiter:
 class Waiters:
     """The waiting requests of one gateway process and the subscription that wakes them."""
 
-    def __init__(self, store: RedisStore, max_per_key: int, max_total: int) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        max_per_key: int,
+        max_total: int,
+        on_count: Callable[[int], object] | None = None,
+    ) -> None:
         self._store = store
+        self._on_count = on_count
         self.max_per_key, self.max_total = max_per_key, max_total
         self._per_key: dict[str, int] = {}
         self._total = 0
@@ -89,6 +99,7 @@ class Waiters:
             )
         self._per_key[owner] = held + 1
         self._total += 1
+        self._counted()
         try:
             yield
         finally:
@@ -98,6 +109,11 @@ class Waiters:
                 self._per_key[owner] = left
             else:
                 del self._per_key[owner]
+            self._counted()
+
+    def _counted(self) -> None:
+        if self._on_count is not None:
+            self._on_count(self._total)
 
     @property
     def waiting(self) -> int:

@@ -1,13 +1,16 @@
 """`diffq serve` supervises what it starts (real processes on loopback): a killed Valkey is
 reaped and restarted on the same data, its children die with it even on SIGKILL, a second
-serve on the same data directory is refused, and a worker whose probe port is taken says so
-in one line while serve backs off and does not claim ready."""
+serve on the same data directory is refused, a worker whose probe port is taken says so
+in one line while serve backs off and does not claim ready, a Valkey that fails at start-up is
+retried (the gateway and workers start once it listens) rather than ending serve, and a
+child refusing its settings stops serve with status 2."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -191,6 +194,60 @@ def test_a_worker_whose_probe_port_is_taken_says_so_and_serve_backs_off(
     serve.wait_for_line(r"^diffq ready on ", timeout=5)
     serve.proc.send_signal(signal.SIGINT)
     assert serve.proc.wait(30) == 0
+
+
+def test_a_valkey_failing_at_start_is_retried_and_serve_is_ready_once_it_starts(
+    tmp_path: Path, serves: list[Serve]
+) -> None:
+    aof = tmp_path / "var" / "valkey" / "appendonlydir"
+    aof.mkdir(parents=True)
+    (aof / "appendonly.aof.manifest").write_text("not a manifest\n")  # Valkey refuses to start
+    serve = Serve(
+        tmp_path, "serve", DIFFQ_RESTART_BACKOFF_SECONDS="0.2", DIFFQ_RESTART_BACKOFF_MAX_SECONDS="0.8"
+    )
+    serves.append(serve)
+    why = r"embedded Valkey exited with 1 \(.*Invalid AOF manifest file format\)"
+    lines = serve.wait_for_line(rf"^{why}; restarting in [0-9.]+s$", timeout=30, count=5)
+    delays = [float(line.rsplit(" ", 1)[1].rstrip("s")) for line in lines]
+    assert delays[:5] == [0.2, 0.4, 0.8, 0.8, 0.8]  # doubling to the cap, and not giving up
+    assert serve.proc.poll() is None and "diffq ready" not in serve.text()
+    started = [cmd for _, cmd in children_of(serve.proc.pid) if "-m diffq" in cmd]
+    assert started == []  # the gateway and workers wait for Valkey instead of failing to connect
+
+    shutil.rmtree(aof)  # repaired: the next restart comes up, then everything else
+    serve.wait_for_line(r"^embedded Valkey on 127\.0\.0\.1:\d+ \(data in ", timeout=20)
+    serve.wait_for_line(r"^diffq ready on ", timeout=60)
+    with httpx.Client(base_url=serve.base, timeout=10) as client:
+        body = {"model": MNIST, "class_label": 2, "num_images": 1, "seed": 5, "steps": 4}
+        job = client.post("/v1/jobs", json=body).json()
+        assert wait_for(client, job["id"], {"succeeded", "failed"}, timeout=60)["status"] == "succeeded"
+    serve.proc.send_signal(signal.SIGINT)
+    assert serve.proc.wait(30) == 0
+    assert "Traceback" not in serve.text()
+
+
+def test_a_gateway_refusing_its_settings_stops_serve_with_status_2(
+    tmp_path: Path, serves: list[Serve]
+) -> None:
+    serve = Serve(tmp_path, "serve", DIFFQ_MAX_WAITERS="0")  # the gateway's bound: at least 1
+    serves.append(serve)
+    kids: set[int] = set()
+
+    def stopped() -> bool:
+        kids.update(pid for pid, _ in children_of(serve.proc.pid))
+        return serve.proc.poll() is not None
+
+    wait_until("serve stops", stopped, timeout=60, log=serve.log)
+    assert serve.proc.returncode == 2, serve.text()
+    text = serve.text()
+    assert "max_waiters" in text  # the gateway's own line says which setting
+    lines = [line for line in text.splitlines() if line.startswith("diffq serve: ")]
+    assert lines == [
+        "diffq serve: gateway exited with 2 before it came up: "
+        "invalid settings (its output says which); stopping"
+    ], text
+    assert "restarting in" not in text and "diffq ready" not in text
+    wait_until(f"children {kids} exit", lambda: all(gone(pid) for pid in kids), 15)
 
 
 def test_a_child_gets_sigterm_when_its_parent_is_killed() -> None:
