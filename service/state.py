@@ -26,7 +26,9 @@ class State:
             settings.max_queued_evaluations_per_key,
         )
         self.metrics = GatewayMetrics()
-        self.waiters = Waiters(store, settings.max_waiters_per_key, settings.max_waiters)
+        self.waiters = Waiters(
+            store, settings.max_waiters_per_key, settings.max_waiters, on_count=self.metrics.waiters.set
+        )
         self.metrics.watch_queue(store, list(models), settings.worker_liveness_seconds)
         self.default_model = settings.default_model or next(iter(models))
         if self.default_model not in models:

@@ -327,7 +327,7 @@ def test_the_waiters_gauge_follows_places_taken_and_given_back(store: RedisStore
 
 def waiting_gauge(base: str) -> list[float]:
     """The ``diffq_waiters`` samples of a scrape (one, unlabelled, when summed over processes)."""
-    text = httpx.get(f"{base}/metrics", timeout=5).text
+    text = httpx.get(f"{base}/metrics", headers=auth(ALICE), timeout=5).text
     return [
         sample.value
         for family in text_string_to_metric_families(text)
@@ -336,11 +336,6 @@ def waiting_gauge(base: str) -> list[float]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/app.py does not pass the gauge to Waiters yet: State.__init__ needs "
-    "Waiters(..., on_count=self.metrics.waiters.set); remove this mark with that line",
-)
 def test_the_gateway_reports_its_waiting_requests_summed_over_its_processes(
     gateway: Callable[..., Stack],
 ) -> None:
