@@ -4,7 +4,7 @@ Every overlay is built with the real kustomize; every object it renders is valid
 built-in kinds against Kubernetes' own schemas (strict: unknown fields fail) and the CRDs
 against the narrow schemas in ``tests/k8s_schemas``. The rest asserts what a schema cannot
 see: hardened pods, probes, graceful shutdown, references that resolve, network paths that
-are open or closed, and autoscaling wired to the real queue.
+are open or closed, and autoscaling wired to the queue the workers serve.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from diffq.jobs import PRIORITIES
-from diffq.store import RedisStore
+from model_store.store import ModelStore
 from service.auth import ApiKeys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,9 +38,17 @@ KUSTOMIZE = Path(sys.prefix) / "shared" / "bin" / "linux" / "kustomize"
 # later than the first, or an API removed by the second, fails.
 K8S_VERSIONS = ("1.33.0", kubernetes_validate.latest_version())
 
-# What the workers read: one stream per priority (no connection is made to build the names).
-STREAMS = {RedisStore("redis://unused", prefix="diffq")._queue("mnist-cfg-unet", p) for p in PRIORITIES}
-CONSUMER_GROUP = "workers"
+# KEDA scales the workers on what the gateway exports per model: the jobs waiting (the signal
+# every overlay needs) and their denoiser work (prod adds it). Waiting jobs sit in sorted sets,
+# which no KEDA scaler reads, so no trigger may look at Redis itself.
+QUEUE_DEPTH = "diffq_queue_depth"
+QUEUE_METRICS = (QUEUE_DEPTH, "diffq_queue_evaluations")
+# Every gateway process reports the same store-wide number: max() of one model's series, never
+# sum() (that would count the queue once per gateway).
+QUEUE_QUERY = re.compile(r'max\((?P<metric>\w+)\{model="(?P<model>[^"]+)"\}\)')
+PROMETHEUS_NAMESPACE = "monitoring"
+# The models the worker image ships (it copies model_store/).
+SHIPPED = ModelStore(ROOT / "model_store")
 COMPONENT = "app.kubernetes.io/component"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 CLUSTER_SCOPED_KINDS = ("Namespace",)
@@ -161,6 +168,32 @@ def quantity(value: str | int) -> float:
 def secret_data(secret: Obj) -> dict[str, str]:
     data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
     return {**data, **secret.get("stringData", {})}
+
+
+def container_env(rendered: Rendered, container: Obj) -> dict[str, str]:
+    """The plain values a container's environment gets from its ConfigMaps and ``env``."""
+    values: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            config_map = rendered.get("ConfigMap", source["configMapRef"]["name"])
+            assert config_map is not None, source
+            values.update(config_map.get("data", {}))
+    values.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return values
+
+
+def served_model(rendered: Rendered) -> str:
+    """The model the worker Deployment serves: DIFFQ_MODEL, else the first in the image's store."""
+    named = container_env(rendered, the_container(rendered.workload("worker"))).get("DIFFQ_MODEL")
+    return named or SHIPPED.models()[0].manifest.name
+
+
+def queue_query(trigger: Obj) -> tuple[str, str]:
+    """``(metric, model)`` of a trigger's query, which must be max() of one model's series."""
+    query = trigger["metadata"]["query"]
+    match = QUEUE_QUERY.fullmatch(re.sub(r"\s+", "", query))
+    assert match, f"trigger {trigger.get('name')}: {query!r} is not max(<metric>{{model=...}})"
+    return match["metric"], match["model"]
 
 
 # -- the tests -----------------------------------------------------------------------------------
@@ -324,9 +357,6 @@ def test_every_reference_resolves(rendered: Rendered) -> None:
                     assert ref["configMapKeyRef"]["key"] in keys("ConfigMap", ref["configMapKeyRef"]["name"])
     for hpa in rendered.of_kind("HorizontalPodAutoscaler"):
         assert rendered.get(hpa["spec"]["scaleTargetRef"]["kind"], hpa["spec"]["scaleTargetRef"]["name"])
-    for auth in rendered.of_kind("TriggerAuthentication"):
-        for ref in auth["spec"]["secretTargetRef"]:
-            assert ref["key"] in keys("Secret", ref["name"])
 
 
 def test_redis_url_carries_the_redis_password(rendered: Rendered) -> None:
@@ -354,7 +384,7 @@ def test_redis_persists_every_write(rendered: Rendered) -> None:
     assert mounts[claim["metadata"]["name"]] == flags["--dir"]
 
 
-def test_workers_scale_on_the_real_queue(rendered: Rendered) -> None:
+def test_workers_scale_on_the_waiting_jobs(rendered: Rendered) -> None:
     (scaled,) = rendered.of_kind("ScaledObject")
     spec = scaled["spec"]
     target = spec["scaleTargetRef"]
@@ -367,33 +397,76 @@ def test_workers_scale_on_the_real_queue(rendered: Rendered) -> None:
     )
     assert spec.get("minReplicaCount", 0) <= spec["maxReplicaCount"]
 
-    lags = [t for t in spec["triggers"] if t["type"] == "redis-streams"]
-    assert {t["metadata"]["stream"] for t in lags} == STREAMS  # one trigger per priority stream
-    for lag in lags:
-        meta = lag["metadata"]
-        assert meta["consumerGroup"] == CONSUMER_GROUP
-        assert int(meta["lagCount"]) >= 1 and "activationLagCount" in meta
-        # The KEDA operator is in another namespace, so the address must name ours.
-        host, port = meta["address"].rsplit(":", 1)
-        service, namespace, *_ = host.split(".")
-        assert (namespace, port) == (rendered.namespace, "6379")
-        assert rendered.get("Service", service) is not None
-        assert rendered.get("TriggerAuthentication", lag["authenticationRef"]["name"]) is not None
+    triggers = spec["triggers"]
+    # Waiting jobs are no stream entries: a redis-streams trigger would read an empty lag.
+    assert {t["type"] for t in triggers} == {"prometheus"}
+    # Nothing authenticates to Redis any more, so nothing holds its password for KEDA.
+    assert not rendered.of_kind("TriggerAuthentication")
+    queries = [queue_query(t) for t in triggers]
+    assert {metric for metric, _ in queries} <= set(QUEUE_METRICS)
+    assert {model for _, model in queries} == {served_model(rendered)}
+    depth = [t for t, (metric, _) in zip(triggers, queries, strict=True) if metric == QUEUE_DEPTH]
+    assert len(depth) == 1, "one diffq_queue_depth trigger for the model the workers serve"
+    assert float(depth[0]["metadata"]["threshold"]) <= 64  # waiting jobs per worker, not rows
+    for trigger in triggers:
+        meta = trigger["metadata"]
+        assert float(meta["threshold"]) >= 1
+        # Any waiting work wakes a scaled-to-zero deployment.
+        assert float(meta["activationThreshold"]) == 0
+        # An empty result (no gateway scraped, Redis unreadable) is an error and so a fallback,
+        # not a zero that scales the workers away; fallback needs AverageValue targets.
+        assert meta["ignoreNullValues"] == "false"
+        assert trigger.get("metricType", "AverageValue") == "AverageValue"
+
+    # The KEDA operator queries from its own namespace: one fully qualified address for all.
+    (address,) = {t["metadata"]["serverAddress"] for t in triggers}
+    host = urlsplit(address).hostname or ""
+    assert re.fullmatch(rf"[a-z0-9-]+\.{PROMETHEUS_NAMESPACE}\.svc\.cluster\.local", host), address
+
+    # While Prometheus cannot answer, workers neither vanish nor shrink below the fallback.
+    fallback = spec["fallback"]
+    assert fallback["failureThreshold"] >= 1
+    assert max(1, spec.get("minReplicaCount", 0)) <= fallback["replicas"] <= spec["maxReplicaCount"]
+    assert fallback.get("behavior", "static") in {"static", "currentReplicasIfHigher"}
 
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     down, up = behavior["scaleDown"], behavior["scaleUp"]
     assert down["stabilizationWindowSeconds"] >= 300 > up.get("stabilizationWindowSeconds", 0)
 
 
+def test_the_worker_names_the_model_its_trigger_watches(rendered: Rendered) -> None:
+    # Left to default, a worker serves the first model in the store, which can change under
+    # the trigger; named, the two are checked against each other above.
+    env = container_env(rendered, the_container(rendered.workload("worker")))
+    assert env.get("DIFFQ_MODEL") in {m.manifest.name for m in SHIPPED.models()}
+
+
 def test_dev_scales_to_zero_and_prod_also_scales_on_queued_work() -> None:
     (dev,) = Rendered("dev-cpu", build("dev-cpu")).of_kind("ScaledObject")
     assert dev["spec"]["minReplicaCount"] == 0
+    assert [queue_query(t)[0] for t in dev["spec"]["triggers"]] == [QUEUE_DEPTH]
 
     (prod,) = Rendered("prod-gpu", build("prod-gpu")).of_kind("ScaledObject")
     assert prod["spec"]["minReplicaCount"] >= 1
-    (prom,) = [t for t in prod["spec"]["triggers"] if t["type"] == "prometheus"]
-    assert re.search(r'diffq_queue_evaluations\{model="mnist-cfg-unet"\}', prom["metadata"]["query"])
-    assert float(prom["metadata"]["threshold"]) > 0
+    # The overlay's trigger is appended beside the base's, not written over it.
+    assert sorted(queue_query(t)[0] for t in prod["spec"]["triggers"]) == sorted(QUEUE_METRICS)
+    (work,) = [t for t in prod["spec"]["triggers"] if queue_query(t)[0] == "diffq_queue_evaluations"]
+    assert queue_query(work) == ("diffq_queue_evaluations", "mnist-cfg-unet")
+    assert float(work["metadata"]["threshold"]) > 0
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        'sum(diffq_queue_depth{model="mnist-cfg-unet"})',
+        'diffq_queue_depth{model="mnist-cfg-unet"}',
+        "max(diffq_queue_depth)",
+        'max(diffq_queue_depth{model="mnist-cfg-unet"}) by (pod)',
+    ],
+)
+def test_queue_query_refuses_anything_but_max_of_one_model(query: str) -> None:
+    with pytest.raises(AssertionError):
+        queue_query({"name": "t", "metadata": {"query": query}})
 
 
 # -- network policies: evaluated, not just present ------------------------------------------------
@@ -472,7 +545,7 @@ def test_network_policies_open_exactly_the_needed_paths(rendered: Rendered) -> N
     def allowed(src: Pod, dst: Pod, port: int, protocol: str = "TCP") -> bool:
         return connection_allowed(rendered, src, dst, port, protocol)
 
-    for client in (gateway, worker, keda):
+    for client in (gateway, worker):
         assert allowed(client, redis, 6379)
     for pod in (gateway, worker):
         assert allowed(pod, dns, 53, "UDP") and allowed(pod, dns, 53, "TCP")
@@ -481,6 +554,9 @@ def test_network_policies_open_exactly_the_needed_paths(rendered: Rendered) -> N
     assert allowed(prometheus, worker, 9200)
 
     assert not allowed(stranger, redis, 6379)
+    # KEDA reads the queue from Prometheus now; Redis is for our own pods only.
+    assert not allowed(keda, redis, 6379)
+    assert not allowed(prometheus, redis, 6379)
     assert not allowed(stranger, worker, 9200)
     assert not allowed(gateway, worker, 9200)
     assert not allowed(worker, gateway, 8000)
@@ -514,7 +590,16 @@ def test_validation_rejects_an_unknown_field_in_a_scaled_object() -> None:
 
 def test_validation_rejects_an_unquoted_trigger_number() -> None:
     scaled = json.loads(json.dumps(next(_objects("ScaledObject"))))
-    scaled["spec"]["triggers"][0]["metadata"]["lagCount"] = 8
+    scaled["spec"]["triggers"][0]["metadata"]["threshold"] = 8
+    with pytest.raises(jsonschema.ValidationError):
+        validate(scaled)
+
+
+def test_validation_rejects_a_redis_streams_trigger() -> None:
+    scaled = json.loads(json.dumps(next(_objects("ScaledObject"))))
+    scaled["spec"]["triggers"].append(
+        {"type": "redis-streams", "metadata": {"address": "diffq-redis:6379", "stream": "s"}}
+    )
     with pytest.raises(jsonschema.ValidationError):
         validate(scaled)
 
