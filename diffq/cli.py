@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_submit(sub.add_parser("submit", help="submit a job, show progress, save the PNGs"))
     k = sub.add_parser("keygen", help="print a new API key and its DIFFQ_API_KEYS entry")
     k.add_argument("--name", required=True, help="the key's name (owner of its jobs)")
+    d = sub.add_parser("dead-letters", help="list the jobs workers gave up on, newest first (JSON lines)")
+    d.add_argument("--model", required=True, help="the model whose dead letters to list")
+    d.add_argument("--count", type=int, default=100, help="at most this many (default: %(default)s)")
     o = sub.add_parser("openapi", help="write the OpenAPI document")
     o.add_argument(
         "--out",
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         key = new_key()
         print(f"key (give to the client, shown once): {key}")
         print(f"entry for DIFFQ_API_KEYS: {args.name}:{hash_key(key)}")
+    elif args.command == "dead-letters":
+        sys.exit(_dead_letters(args.model, args.count))
     elif args.command == "openapi":
         from service.openapi import write_openapi
 
@@ -124,6 +129,27 @@ def main(argv: list[str] | None = None) -> None:
 
 
 S = TypeVar("S")
+
+
+def _dead_letters(model: str, count: int) -> int:
+    """Print the model's dead letters (``REDIS_URL``, ``DIFFQ_KEY_PREFIX``) as JSON lines."""
+    import json
+
+    from diffq.errors import Unavailable
+    from diffq.settings import CommonSettings
+    from diffq.store import RedisStore
+
+    settings = _settings(CommonSettings)
+    store = RedisStore(settings.redis_url, settings.key_prefix, timeout=settings.redis_timeout_seconds)
+    try:
+        for letter in store.dead_letters(model, max(1, count)):
+            print(json.dumps(letter, sort_keys=True))
+    except Unavailable as e:
+        print(f"diffq: {e.message}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
 
 
 def _settings(cls: Callable[..., S], **overrides: Any) -> S:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -276,3 +277,34 @@ def test_lease_renewals_do_not_count_as_deliveries(store: RedisStore) -> None:
         assert store.renew(MODEL, "w1", claimed) == []
     pending = store._r.xpending_range(store.keys.claimed(MODEL), "workers", "-", "+", 10)
     assert [p["times_delivered"] for p in pending] == [1, 1]
+
+
+def test_reading_the_backlog_costs_the_same_however_long_it_is(store: RedisStore, valkey: str) -> None:
+    """A scrape's queue figures and a job's position are a fixed handful of commands inside
+    Valkey, not one per waiting job (the old scan read every entry)."""
+    r = redis.Redis.from_url(valkey)
+
+    def commands(read: Callable[[], object]) -> dict[str, int]:
+        read()  # the first call also loads the script
+        r.config_resetstat()
+        read()
+        stats = r.info("commandstats")
+        return {k: v["calls"] for k, v in stats.items() if k != "cmdstat_config"}
+
+    jobs = [new_job(i) for i in range(400)]
+    for job in jobs[:5]:
+        store.submit(job)
+    short = (
+        commands(lambda: store.queue_stats(MODEL)),
+        commands(lambda: store.queue_position(MODEL, jobs[4].id)),
+    )
+    for job in jobs[5:]:
+        store.submit(job)
+    long = (
+        commands(lambda: store.queue_stats(MODEL)),
+        commands(lambda: store.queue_position(MODEL, jobs[399].id)),
+    )
+    assert store.queue_stats(MODEL).depth == 400 and store.queue_position(MODEL, jobs[399].id) == 400
+    assert long == short
+    assert sum(short[0].values()) <= 8
+    r.close()

@@ -3,13 +3,16 @@ the shipped model: the job records say what happened, and the worker's metrics c
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
 from diffq.jobs import Job, JobRequest, Priority, Status, new_job_id, transition
 from diffq.store import RedisStore
 from model_store.store import ModelStore
-from tests.conftest import worker_settings
+from tests.conftest import stack_env, worker_settings
 from workers.main import build_worker
 
 MODEL = ModelStore().get("mnist-cfg-unet").manifest.name
@@ -35,6 +38,17 @@ def test_poison_job_is_dead_lettered_and_the_rest_go_on(valkey: str, prefix: str
     assert failed.error is not None and failed.error.type == "max_attempts_exceeded"
     assert done is not None and done.status == Status.SUCCEEDED
     assert [d["job"] for d in store.dead_letters(MODEL)] == [poison.id]
+    # What an operator sees: `diffq dead-letters`, one JSON line per letter.
+    cli = subprocess.run(
+        [sys.executable, "-m", "diffq", "dead-letters", "--model", MODEL],
+        env=stack_env(valkey, prefix),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    (letter,) = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert letter["job"] == poison.id and letter["attempts"] == "3"
     reg = worker._metrics.registry
     labels = {"model": MODEL}
     assert reg.get_sample_value("diffq_dead_letters_total", labels) == 1
