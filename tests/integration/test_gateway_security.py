@@ -78,6 +78,22 @@ def test_only_keys_granted_it_may_use_high_priority(gateway) -> None:  # type: i
     assert granted.status_code == 202 and granted.json()["request"]["priority"] == "high"
 
 
+def test_each_key_has_its_share_of_the_queue(gateway) -> None:  # type: ignore[no-untyped-def]
+    """No worker runs: alice's waiting work reaches her cap and she gets 429 with Retry-After,
+    while bob's submissions go on; a job larger than the cap itself is a 422."""
+    one = {**JOB, "num_images": 1, "steps": 8, "guidance_scale": 3.0}  # 16 evaluations (guided)
+    base = gateway(DIFFQ_MAX_QUEUED_EVALUATIONS_PER_KEY="32").base_url
+    for _ in range(2):
+        assert httpx.post(f"{base}/v1/jobs", json=one, headers=auth(ALICE)).status_code == 202
+    full = httpx.post(f"{base}/v1/jobs", json=one, headers=auth(ALICE))
+    assert full.status_code == 429 and full.json()["error"]["type"] == "too_much_queued_work"
+    assert int(full.headers["Retry-After"]) >= 1
+    assert httpx.post(f"{base}/v1/jobs", json=one, headers=auth(BOB)).status_code == 202
+    never = httpx.post(f"{base}/v1/jobs", json={**one, "num_images": 3}, headers=auth(BOB))
+    assert never.status_code == 422
+    assert "DIFFQ_MAX_QUEUED_EVALUATIONS_PER_KEY" in never.json()["error"]["message"]
+
+
 def test_jobs_belong_to_their_key(gateway) -> None:  # type: ignore[no-untyped-def]
     stack = gateway()
     with httpx.Client(base_url=stack.base_url, headers=auth(ALICE)) as alice:
