@@ -1,6 +1,6 @@
 """Jobs as data: the request a worker runs, the record the service keeps, and its state machine.
 
-Pure: no Redis, HTTP or model here. ``diffq.queue`` persists records; the gateway and workers
+Pure: no Redis, HTTP or model here. ``diffq.store`` persists records; the gateway and workers
 change them only through ``transition``, which checks the one table of allowed moves.
 """
 

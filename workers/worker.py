@@ -205,7 +205,7 @@ class Worker:
             self.store.ack(self.model, finished)
         if sched.waiting:
             held, sched.waiting = [w.handle for w in sched.waiting], []
-            sched.add(self._with_records(held))
+            sched.add(self._with_records(held, reread=True))
         self._renew()
         done = [f for f in sched.running.values() if f.done]
         if done:  # the outage came between their last step and their ack
@@ -323,9 +323,10 @@ class Worker:
             claimed = self.store.claim(self.model, self.worker_id, count)
         return self._with_records(claimed)
 
-    def _with_records(self, claimed: list[Claimed]) -> list[tuple[Claimed, Job]]:
-        """The entries with their records (a claim carries them; a reclaim reads them)."""
-        if all(c.record is not None for c in claimed):
+    def _with_records(self, claimed: list[Claimed], reread: bool = False) -> list[tuple[Claimed, Job]]:
+        """The entries with their records: a claim carries them, a reclaim (or ``reread``,
+        after an outage, when the claim's copies may be stale) reads them."""
+        if not reread and all(c.record is not None for c in claimed):
             jobs: list[Job | None] = [c.record for c in claimed]
         else:
             jobs = self.store.get_many([c.job_id for c in claimed])
