@@ -1,6 +1,6 @@
 """What the job routes do: submit (idempotent, optionally waiting), read (optionally waiting),
-cancel, fetch an image. Async, on the event loop with the store's asyncio connection; the store's
-rarer calls that have no async form (expiring, positions, cancelling, images) run in threads.
+cancel, fetch an image. Async, on the event loop with the store's asyncio connection: no
+operation takes a thread.
 
 Each operation answers a ``JobAnswer``: the job, its queue position and the headers to send.
 """
@@ -15,8 +15,6 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
-
-from starlette.concurrency import run_in_threadpool
 
 from diffq.errors import Conflict, IdempotencyConflict, NotFound, Unavailable, ValidationFailed
 from diffq.jobs import Job, JobRequest, Priority, Status, expire, new_job_id, transition
@@ -97,10 +95,10 @@ async def cancel(state: State, job_id: str, owner: str) -> Cancel:
         if job.terminal:
             raise Conflict(f"job {job_id} is already {job.status.value}")
         if job.status == Status.RUNNING:
-            await run_in_threadpool(state.store.request_cancel, job_id)
+            await state.store.request_cancel_async(job_id)
             return Cancel(await load(state, job_id, owner), requested=True)
         cancelled = transition(job, Status.CANCELLED, time.time())
-        if await run_in_threadpool(state.store.save_transition, job, cancelled):
+        if await state.store.save_transition_async(job, cancelled):
             state.metrics.finished.labels(job.request.model, "cancelled").inc()
             log.info("job state", extra={"job_id": job_id, "status": "cancelled"})
             return Cancel(cancelled, requested=False)
@@ -112,7 +110,7 @@ async def image(state: State, job_id: str, index: int, owner: str) -> bytes:
     job = await load(state, job_id, owner)
     if job.status != Status.SUCCEEDED or not 0 <= index < job.image_count:
         raise NotFound(f"job {job_id} has no image {index}")
-    data = await run_in_threadpool(state.store.get_image, job_id, index)
+    data = await state.store.get_image_async(job_id, index)
     if data is None:
         raise NotFound(f"image {index} of job {job_id} has expired")
     return data
@@ -175,7 +173,7 @@ async def load(state: State, job_id: str, owner: str) -> Job:
         if job.terminal or not job.past_deadline(now):
             return job
         expired = expire(job, now)
-        if await run_in_threadpool(state.store.save_transition, job, expired):
+        if await state.store.save_transition_async(job, expired):
             state.metrics.finished.labels(job.request.model, "expired").inc()
             log.info("job state", extra={"job_id": job.id, "status": "expired"})
             return expired

@@ -16,7 +16,7 @@ from diffq.store.codec import MUTABLE_FIELDS, decode, encode, text
 from diffq.store.connection import CLIENT_OPTIONS, Connection
 from diffq.store.faults import unavailable
 from diffq.store.feeds import DoneFeed
-from diffq.store.lua import TAKE_FN, Call, Script, run, run_many
+from diffq.store.lua import TAKE_FN, Call, Script, run, run_async, run_many
 
 # Compare-and-set the status (``expected`` -> ``status``) and set the changed fields (pairs from
 # ARGV[pairs_from]; '' deletes). Keeps the books too: a job leaving the waiting set unclaimed
@@ -128,6 +128,12 @@ class JobRecords(Connection):
         """
         return self.save_transitions([(before, after)])[0]
 
+    async def save_transition_async(self, before: Job, after: Job) -> bool:
+        """``save_transition`` on the asyncio connection."""
+        with unavailable():
+            reply = await run_async(self._async(), self._transition(TRANSITION, before, after))
+        return reply is not None and text(reply) == "OK"
+
     def save_transitions(self, changes: Sequence[tuple[Job, Job]]) -> list[bool]:
         """``save_transition`` for many jobs in one round trip; each is its own compare-and-set."""
         calls = [self._transition(TRANSITION, before, after) for before, after in changes]
@@ -187,13 +193,20 @@ class JobRecords(Connection):
         call = SET_PROGRESS.bind({}, {}, [self.keys.job(j) for j in ids], list(steps.values()))
         return {ids[int(i) - 1] for i in run(self._r, call)}
 
-    def request_cancel(self, job_id: str) -> None:
+    async def request_cancel_async(self, job_id: str) -> None:
+        """Flag a running job's cancel (its worker stops it at the next step)."""
         with unavailable():
-            run(self._r, REQUEST_CANCEL.bind({"job": self.keys.job(job_id)}, {}))
+            await run_async(self._async(), REQUEST_CANCEL.bind({"job": self.keys.job(job_id)}, {}))
 
     def get_image(self, job_id: str, index: int) -> bytes | None:
         with unavailable():
             data = self._r.hget(self.keys.images(job_id), str(index))
+        return bytes(data) if data is not None else None
+
+    async def get_image_async(self, job_id: str, index: int) -> bytes | None:
+        """``get_image`` on the asyncio connection."""
+        with unavailable():
+            data = await self._async().hget(self.keys.images(job_id), str(index))
         return bytes(data) if data is not None else None
 
     async def done_feed(self) -> DoneFeed:

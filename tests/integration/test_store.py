@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -81,7 +82,7 @@ def test_images_and_cancel_flag(store: RedisStore) -> None:
     running = transition(job, Status.RUNNING, time.time(), worker="w")
     assert store.save_transition(job, running)
     assert store.set_progress({job.id: 1}) == set()
-    store.request_cancel(job.id)
+    asyncio.run(store.request_cancel_async(job.id))
     assert store.set_progress({job.id: 2}) == {job.id}
     assert store.get(job.id).step == 2  # type: ignore[union-attr]
     done = transition(running, Status.SUCCEEDED, time.time(), image_count=2)
@@ -123,7 +124,7 @@ def test_progress_and_cancel_never_resurrect_an_expired_record(store: RedisStore
     live, gone = new_job(), new_job()
     store.submit(live)
     store.set_progress({live.id: 3, gone.id: 5})
-    store.request_cancel(gone.id)
+    asyncio.run(store.request_cancel_async(gone.id))
     got = store.get(live.id)
     assert got is not None and got.step == 3
     assert store.get(gone.id) is None
@@ -134,7 +135,7 @@ def test_progress_write_reports_requested_cancels(store: RedisStore) -> None:
     store.submit(a)
     store.submit(b)
     assert store.set_progress({a.id: 1, b.id: 1}) == set()
-    store.request_cancel(b.id)
+    asyncio.run(store.request_cancel_async(b.id))
     assert store.set_progress({a.id: 2, b.id: 2}) == {b.id}
     assert store.set_progress({a.id: 3, b.id: 3}) == {b.id}  # the flag stays until the job ends
 
