@@ -593,7 +593,8 @@ def _ready_line(base: str, slots: Sequence[WorkerSlot], settings: ServeSettings,
     counts = ", ".join(f"{m}: {n}" for m, n in per_model.items()) or "none"
     return (
         f"diffq ready on {base}; workers per model: {counts}; Ctrl-C stops\n"
-        f"metrics: {base}/metrics and, per worker, http://127.0.0.1:{settings.worker_port}+N/metrics"
+        f"metrics: {base}/metrics (with an API key when auth is on) and, per worker, "
+        f"http://127.0.0.1:{settings.worker_port}+N/metrics"
     )
 
 

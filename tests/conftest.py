@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,6 +97,25 @@ class Stack:
     def stop_all(self) -> None:
         for name in list(self.procs):
             self.stop(name, timeout=15)
+
+
+def free_port_range(count: int) -> int:
+    """A port ``p`` with ``p .. p + count - 1`` all free now (worker-N of ``diffq serve`` binds
+    its probe port at a base + N)."""
+    for _ in range(200):
+        base = free_port()
+        if base + count <= 65535 and all(_port_free(base + i) for i in range(1, count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def stack_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:

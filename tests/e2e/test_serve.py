@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from diffq.serve import free_port, wait_for_http
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, free_port_range, wait_for
 from tests.stores import MNIST, TEXT_MODEL, add_class_model_copy, text_model_store
 
 SECOND = "mnist-copy"  # a second real class model (MNIST's files under another name)
@@ -50,7 +50,7 @@ def test_serve_runs_the_stack_and_stops_on_sigint(tmp_path: Path) -> None:
     add_class_model_copy(store, SECOND)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFQ_") and k != "REDIS_URL"}
-    worker_port = free_port()  # worker-N listens on worker_port + N
+    worker_port = free_port_range(4)  # worker-N listens on worker_port + N
     env.update(
         PORT=str(port),
         WORKERS="1",
