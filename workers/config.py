@@ -43,7 +43,11 @@ class WorkerSettings(CommonSettings):
         description="Request-level batching: how long an idle worker gathers jobs before its first step.",
     )
     poll_ms: int = Field(
-        default=1000, ge=10, le=60_000, description="How long an idle worker blocks on the queue."
+        default=1000,
+        ge=10,
+        le=60_000,
+        description="How long an idle worker waits for a submission to be announced before it looks at "
+        "the queue again (announcements wake it at once; this bounds a missed one).",
     )
     progress_interval_ms: int = Field(
         default=50,
