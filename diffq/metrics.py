@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from diffq import __version__
 
@@ -49,8 +50,34 @@ def add_build_info(registry: CollectorRegistry, component: str) -> Gauge:
     return info
 
 
+def forget_dead_processes(directory: str | None = None) -> list[int]:
+    """Drop the files of live-only gauges (``livesum``, ``liveall``...) that processes now gone
+    left behind, so a killed process's last value stops counting; the pids dropped. Nothing
+    else notices a process that was killed (uvicorn replaces it without telling us)."""
+    directory = directory or os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return []
+    named = (path.stem.rsplit("_", 1)[-1] for path in Path(directory).glob("gauge_live*_*.db"))
+    dead = sorted({int(pid) for pid in named if pid.isdigit() and not _alive(int(pid))})
+    for pid in dead:
+        mark_process_dead(pid, directory)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
 def merged_registry() -> CollectorRegistry:
-    """A registry that reads every process's values (multiprocess mode only)."""
+    """A registry that reads every process's values (multiprocess mode only), less what
+    processes now gone left in live-only gauges."""
+    forget_dead_processes()
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     return registry
