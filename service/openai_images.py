@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
+from diffq.errors import ServiceError
 from diffq.jobs import Job, Status
 from model_store.manifest import Manifest
 from service import job_ops
@@ -96,6 +97,8 @@ async def generate(
             state, job_body, owner, idempotency_key=idempotency_key, wait=wait, gone=gone
         )
     job = answer.job
+    if answer.client_gone and idempotency_key is None:
+        await _abandon(state, job, owner)
     headers = {k: v for k, v in answer.headers.items() if k in ("Location", "Idempotent-Replayed")}
     _check_succeeded(job, wait, headers)
     if body.response_format == "b64_json":
@@ -106,6 +109,18 @@ async def generate(
         data = [ImageData(url=image_url(job.id, i, base)) for i in range(job.image_count)]
     created = int(job.finished_at if job.finished_at is not None else time.time())
     return Generated(ImagesResponse(created=created, data=data), headers)
+
+
+async def _abandon(state: State, job: Job, owner: str) -> None:
+    """Cancel the job of a client that went away before it was done: it never learnt the job's
+    id, so nobody can fetch its images (an SDK's own timeout then retries with a new job). With an
+    Idempotency-Key the job stays: the client's retry finds it."""
+    if job.terminal:
+        return
+    try:
+        await job_ops.cancel(state, job.id, owner)
+    except ServiceError:  # it ended meanwhile, or the store is away: it runs to its end
+        return
 
 
 def _check_succeeded(job: Job, wait: float, headers: dict[str, str]) -> None:

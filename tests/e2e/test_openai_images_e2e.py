@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.auth import hash_key
 from tests.conftest import Stack, stack_env, wait_for
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL, IDLE = "tiny-sd", "tiny-sd-idle"
 NATIVE, OTHER = "32x32", "48x32"  # the tiny pipeline's native size and the one imported beside it
 KEYS_PLAIN = {
-    name: f"dq_{name}-openai-{uuid.uuid4().hex}" for name in ("alice", "bob", "carol", "erin", "fred")
+    name: f"dq_{name}-openai-{uuid.uuid4().hex}" for name in ("alice", "bob", "carol", "erin", "fred", "gina")
 }
 KEYS = ",".join(f"{name}:{hash_key(key)}" for name, key in KEYS_PLAIN.items())
 PUBLIC = "https://images.example.test"
@@ -305,3 +306,43 @@ def test_a_body_past_the_size_limit_and_non_json_are_refused(stacks: dict[str, S
         # The job routes keep the service's own error body.
         ours = h.post("/v1/jobs", json={"model": MODEL, "prompt": "x", "width": 1, "height": 1})
         assert ours.status_code == 422 and ours.json()["error"]["type"] == "validation_error"
+
+
+def test_an_idempotency_key_returns_the_first_jobs_images(stacks: dict[str, Stack]) -> None:
+    alice = client(stacks["main"])
+    key = {"Idempotency-Key": f"openai-{uuid.uuid4().hex}"}
+    ask = {"model": MODEL, "prompt": "green triangle", "response_format": "b64_json", "extra_headers": key}
+    first = alice.images.with_raw_response.generate(**ask)  # no seed: one is drawn
+    again = alice.images.with_raw_response.generate(**ask)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["location"] == first.headers["location"]
+    assert again.parse().data[0].b64_json == first.parse().data[0].b64_json
+    with pytest.raises(openai.ConflictError) as caught:
+        alice.images.generate(**{**ask, "prompt": "another prompt"})
+    assert caught.value.code == "idempotency_conflict"
+    assert caught.value.response.headers["x-should-retry"] == "false"
+
+
+def cancelled_jobs(stack: Stack, model: str) -> float:
+    with http(stack) as h:
+        text = h.get("/metrics").text
+    samples = (s for family in text_string_to_metric_families(text) for s in family.samples)
+    return sum(
+        s.value
+        for s in samples
+        if s.name == "diffq_jobs_finished_total" and s.labels == {"model": model, "status": "cancelled"}
+    )
+
+
+def test_a_client_that_goes_away_before_its_images_takes_its_job_with_it(stacks: dict[str, Stack]) -> None:
+    main = stacks["main"]
+    before = cancelled_jobs(main, IDLE)
+    impatient = openai.OpenAI(
+        base_url=f"{main.base_url}/v1", api_key=KEYS_PLAIN["gina"], max_retries=0, timeout=1.0
+    )
+    with pytest.raises(openai.APITimeoutError):
+        impatient.images.generate(model=IDLE, prompt="x")  # the server would wait 60 s
+    deadline = time.monotonic() + 20
+    while cancelled_jobs(main, IDLE) < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cancelled_jobs(main, IDLE) == before + 1  # nobody learnt its id: nobody could fetch it
