@@ -21,7 +21,7 @@ from service.config import GatewaySettings
 from service.contract import exact_bounds
 from service.errors import install_error_handlers
 from service.metrics import RequestMetrics
-from service.routes import router
+from service.routes import openai_router, router
 from service.state import State
 
 
@@ -66,4 +66,5 @@ def create_app(settings: GatewaySettings, store: RedisStore | None = None) -> Fa
     app.add_middleware(RequestMetrics, metrics=state.metrics)  # outermost: sees 413s too
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(openai_router)
     return app

@@ -33,6 +33,7 @@ class JobAnswer:
     job: Job
     position: int | None = None  # in its queue, when queued
     headers: dict[str, str] = field(default_factory=dict)
+    client_gone: bool = False  # the client went away while it waited: nobody hears this answer
 
 
 async def submit(
@@ -73,7 +74,7 @@ async def submit(
         position = submitted.position
     else:
         position = await queue_position(state, waited.job)
-    return JobAnswer(waited.job, position, headers | waited.headers)
+    return JobAnswer(waited.job, position, headers | waited.headers, waited.client_gone)
 
 
 async def read(state: State, job_id: str, owner: str, *, wait: float | None, gone: ClientGone) -> JobAnswer:
@@ -141,7 +142,7 @@ async def wait_then_load(
     try:
         with contextlib.nullcontext() if slot_held else state.waiters.slot(owner):
             if await unless_gone(state.waiters.wait(job.id, wait, finished), gone):
-                return JobAnswer(job, headers=applied)  # nobody to answer: no second read
+                return JobAnswer(job, headers=applied, client_gone=True)  # nobody to answer: no second read
     except TooManyWaiters:
         return JobAnswer(job)
     return JobAnswer(await load(state, job.id, owner), headers=applied)

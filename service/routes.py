@@ -21,7 +21,7 @@ from diffq.errors import (
     ValidationFailed,
 )
 from diffq.metrics import exposition
-from service import job_ops
+from service import job_ops, openai_images
 from service.deps import (
     ClientGoneDep,
     IdempotencyKey,
@@ -32,7 +32,16 @@ from service.deps import (
     WaitSlotDep,
 )
 from service.errors import RETRY_AFTER_HEADER, error_responses
-from service.schemas import ErrorBody, Health, JobCreate, JobView, ModelList
+from service.openai_errors import OpenAIRoute, openai_error_responses
+from service.schemas import (
+    ErrorBody,
+    Health,
+    ImageGenerationCreate,
+    ImagesResponse,
+    JobCreate,
+    JobView,
+    ModelList,
+)
 from service.state import State
 from service.views import job_view, model_view
 
@@ -103,6 +112,8 @@ READY_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter()
+# OpenAI-compatible routes: their errors in OpenAI's shape (service/openai_errors.py).
+openai_router = APIRouter(route_class=OpenAIRoute)
 
 
 @router.post("/v1/jobs", status_code=202, response_model=JobView, responses=SUBMIT_RESPONSES, tags=["jobs"])
@@ -144,6 +155,27 @@ async def cancel_job(job_id: str, state: StateDep, owner: OwnerDep) -> Response:
     """Cancel a queued job at once, or a running one at its next step (202 until then)."""
     cancel = await job_ops.cancel(state, job_id, owner)
     return _job_response(state, job_ops.JobAnswer(cancel.job), 202 if cancel.requested else 200)
+
+
+@openai_router.post(
+    "/v1/images/generations",
+    response_model=ImagesResponse,
+    responses=openai_error_responses(),
+    tags=["openai"],
+)
+async def generate_images(
+    body: ImageGenerationCreate,
+    state: StateDep,
+    owner: OwnerDep,
+    gone: ClientGoneDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """OpenAI's Images API: queue a job as POST /v1/jobs does, wait for it (up to the server's
+    DIFFQ_MAX_WAIT_SECONDS, holding one of the key's waiting places) and answer its images.
+    Errors in OpenAI's shape."""
+    generated = await openai_images.generate(state, body, owner, idempotency_key=idempotency_key, gone=gone)
+    body_json = generated.body.model_dump_json(exclude_none=True)
+    return Response(body_json, media_type="application/json", headers=generated.headers)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=MODELS_RESPONSES, tags=["models"])

@@ -5,12 +5,22 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 from diffq.jobs import SEED_MAX
 
 MAX_PROMPT_CHARS = 2000  # per prompt; the tokenizer truncates far earlier (77 tokens for CLIP)
 MAX_SIZE = 4096  # pixels per side, the manifest's own bound; each model serves only its `sizes`
+MAX_NUM_IMAGES = 16  # per job
 
 # C0 control characters other than tab, line feed and carriage return, DEL and the C1 controls
 # (U+0080-U+009F, among them the 8-bit CSI): never part of a prompt, and a NUL or escape
@@ -65,7 +75,7 @@ class JobCreate(BaseModel):
     height: StrictInt | None = Field(
         default=None, ge=1, le=MAX_SIZE, description="Output height in pixels, with `width`."
     )
-    num_images: StrictInt = Field(default=1, ge=1, le=16)
+    num_images: StrictInt = Field(default=1, ge=1, le=MAX_NUM_IMAGES)
     steps: StrictInt | None = Field(
         default=None, ge=1, le=1000, description="Within the model's step limits."
     )
@@ -200,3 +210,118 @@ class Health(BaseModel):
     workers: dict[str, int] | None = Field(
         default=None, description="Live workers per model (informational: jobs queue without them)."
     )
+
+
+# The OpenAI-compatible Images API (POST /v1/images/generations, ``service/openai_images.py``).
+
+MAX_USER_CHARS = 256  # `user` / `safety_identifier`: accepted, never used (owners are API keys)
+# "WxH" in ASCII digits without leading zeros; the model's sizes are checked later.
+SIZE_PATTERN = re.compile(r"([1-9][0-9]{0,3})x([1-9][0-9]{0,3})")
+UserText = Annotated[StrictStr | None, AfterValidator(_no_control_characters)]
+RequiredPrompt = Annotated[StrictStr, AfterValidator(_no_control_characters)]
+
+
+class ImageGenerationCreate(BaseModel):
+    """POST /v1/images/generations, as OpenAI's SDK sends it. Our own parameters (`seed`, `steps`,
+    `sampler`, `guidance_scale`, `negative_prompt`) come as extra body fields (the SDK's
+    `extra_body`), with the bounds and defaults of POST /v1/jobs. OpenAI's parameters this
+    service has no equivalent for are accepted only at a value that changes nothing here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: RequiredPrompt = Field(
+        max_length=MAX_PROMPT_CHARS,
+        description="What to draw (an empty string is legal). No control characters except tab and newlines.",
+    )
+    model: StrictStr | None = Field(
+        default=None,
+        max_length=64,
+        description="A text-to-image model's name from GET /v1/models; default: the server's.",
+    )
+    n: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_NUM_IMAGES, description="Images to draw; default 1."
+    )
+    size: StrictStr | None = Field(
+        default=None,
+        max_length=32,
+        description="`WxH`, one of the model's `sizes` (GET /v1/models); `auto` or absent: its native size.",
+    )
+    response_format: Literal["url", "b64_json"] | None = Field(
+        default=None,
+        description="`url` (default): the job's image route, which takes the same API key; "
+        "`b64_json`: the PNG, base64-encoded.",
+    )
+    user: UserText = Field(default=None, max_length=MAX_USER_CHARS, description="Accepted, not used.")
+    safety_identifier: UserText = Field(
+        default=None, max_length=MAX_USER_CHARS, description="Accepted, not used."
+    )
+    quality: StrictStr | None = Field(
+        default=None, max_length=16, description="Only `auto` or `standard`: use `steps` for more work."
+    )
+    style: StrictStr | None = Field(
+        default=None, max_length=16, description="Not offered: any value is refused (say it in the prompt)."
+    )
+    background: StrictStr | None = Field(
+        default=None, max_length=16, description="Only `auto` or `opaque`: images are opaque."
+    )
+    moderation: StrictStr | None = Field(
+        default=None,
+        max_length=16,
+        description="Not offered: any value is refused (this service moderates nothing).",
+    )
+    output_format: StrictStr | None = Field(default=None, max_length=16, description="Only `png`.")
+    output_compression: StrictInt | None = Field(
+        default=None, ge=0, le=100, description="Only 100 (PNGs are not lossy-compressed)."
+    )
+    stream: StrictBool | None = Field(
+        default=None, description="Only false: the answer comes when all images are done."
+    )
+    partial_images: StrictInt | None = Field(default=None, ge=0, le=3, description="Only 0 (no streaming).")
+    negative_prompt: PromptText = Field(
+        default=None, max_length=MAX_PROMPT_CHARS, description="Extra body field: as in POST /v1/jobs."
+    )
+    steps: StrictInt | None = Field(
+        default=None, ge=1, le=1000, description="Extra body field: as in POST /v1/jobs."
+    )
+    sampler: StrictStr | None = Field(
+        default=None, max_length=32, description="Extra body field: as in POST /v1/jobs."
+    )
+    guidance_scale: StrictFloat | StrictInt | None = Field(
+        default=None, ge=0, le=100, description="Extra body field: as in POST /v1/jobs."
+    )
+    seed: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        le=SEED_MAX,
+        description="Extra body field: as in POST /v1/jobs (image i: seed + i); drawn if absent.",
+    )
+
+
+class ImageData(BaseModel):
+    """One image: `url` or `b64_json`, as the request's `response_format` asked."""
+
+    url: str | None = Field(default=None, description="The image's route (GET, with the same API key).")
+    b64_json: str | None = Field(default=None, description="The PNG, base64-encoded.")
+
+
+class ImagesResponse(BaseModel):
+    created: int = Field(description="When the images were finished, in Unix seconds.")
+    data: list[ImageData]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="`invalid_request_error`, `requests` (429) or `server_error`.")
+    param: str | None = Field(description="The request field at fault, if one is.")
+    code: str | None = Field(
+        description="`invalid_api_key`, `model_not_found`, `unknown_parameter`, `invalid_value`, ..., "
+        "or the service's own error type (`rate_limited`, `too_many_waiters`, `job_timeout`, ...)."
+    )
+    job_id: str | None = Field(
+        default=None,
+        description="The job the request queued, when it did not answer its images (GET /v1/jobs/{id}).",
+    )
+
+
+class OpenAIErrorBody(BaseModel):
+    error: OpenAIErrorDetail

@@ -17,12 +17,16 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
+def image_url(job_id: str, index: int, base: str = "") -> str:
+    """Image ``index`` of a job: its route, prefixed with ``base`` (DIFFQ_PUBLIC_BASE_URL)."""
+    return f"{base}/v1/jobs/{job_id}/images/{index}"
+
+
 def job_view(job: Job, position: int | None, base: str = "") -> JobView:
     """The API's view of a job record; image URLs are prefixed with ``base``."""
     req = job.request
     images = [
-        {"url": f"{base}/v1/jobs/{job.id}/images/{i}", "seed": image_seed(req.seed, i)}
-        for i in range(job.image_count)
+        {"url": image_url(job.id, i, base), "seed": image_seed(req.seed, i)} for i in range(job.image_count)
     ]
     return JobView.model_validate(
         {

@@ -71,3 +71,21 @@ def test_429_only_where_the_rate_limits_apply() -> None:
     paths = openapi_document()["paths"]
     assert "Retry-After" in paths["/v1/jobs"]["post"]["responses"]["429"]["headers"]
     assert "429" not in paths["/v1/jobs/{job_id}"]["get"]["responses"]
+
+
+def test_the_images_route_documents_openai_errors_and_our_extra_fields() -> None:
+    document = openapi_document()
+    responses = document["paths"]["/v1/images/generations"]["post"]["responses"]
+    openai_body = {"$ref": "#/components/schemas/OpenAIErrorBody"}
+    for status in ("400", "401", "404", "409", "429", "500", "504"):
+        assert responses[status]["content"]["application/json"]["schema"] == openai_body, status
+    assert "422" not in responses  # it answers 400 where the job routes answer 422
+    assert responses["413"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    assert "x-should-retry" in responses["504"]["headers"] and "Retry-After" in responses["429"]["headers"]
+    fields = document["components"]["schemas"]["ImageGenerationCreate"]
+    assert fields["additionalProperties"] is False and fields["required"] == ["prompt"]
+    assert {"seed", "steps", "sampler", "guidance_scale", "negative_prompt", "n", "size"} <= set(
+        fields["properties"]
+    )
