@@ -9,8 +9,6 @@ import base64
 import time
 from dataclasses import dataclass
 
-from starlette.concurrency import run_in_threadpool
-
 from diffq.errors import ServiceError
 from diffq.jobs import Job, Status
 from model_store.manifest import Manifest
@@ -102,7 +100,7 @@ async def generate(
     headers = {k: v for k, v in answer.headers.items() if k in ("Location", "Idempotent-Replayed")}
     _check_succeeded(job, wait, headers)
     if body.response_format == "b64_json":
-        pngs = await run_in_threadpool(_images, state, job)
+        pngs = await _images(state, job)
         data = [ImageData(b64_json=base64.b64encode(png).decode()) for png in pngs]
     else:
         base = state.settings.public_base_url
@@ -160,11 +158,10 @@ def _check_succeeded(job: Job, wait: float, headers: dict[str, str]) -> None:
     )
 
 
-def _images(state: State, job: Job) -> list[bytes]:
-    """The succeeded job's PNGs (in a thread: the store's image reads are synchronous)."""
+async def _images(state: State, job: Job) -> list[bytes]:
+    """The succeeded job's PNGs, in one round trip."""
     pngs = []
-    for i in range(job.image_count):
-        png = state.store.get_image(job.id, i)
+    for i, png in enumerate(await state.store.get_images_async(job.id, job.image_count)):
         if png is None:  # past the result TTL already: only a wait far longer than it could do this
             raise OpenAIError(
                 500, f"image {i} of job {job.id} has expired", code="image_expired", job_id=job.id

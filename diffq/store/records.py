@@ -209,6 +209,14 @@ class JobRecords(Connection):
             data = await self._async().hget(self.keys.images(job_id), str(index))
         return bytes(data) if data is not None else None
 
+    async def get_images_async(self, job_id: str, count: int) -> list[bytes | None]:
+        """A job's first ``count`` images in one round trip (None for one that is gone)."""
+        if count <= 0:
+            return []
+        with unavailable():
+            data = await self._async().hmget(self.keys.images(job_id), [str(i) for i in range(count)])
+        return [bytes(d) if d is not None else None for d in data]
+
     async def done_feed(self) -> DoneFeed:
         """A subscription to every job's terminal announcement (``<p>:done:*``) on a connection
         of its own, never one of the pool's: one per gateway process serves all its waiting
