@@ -5,12 +5,14 @@ other attributes as often as in training): held-in prompts (color-shape pairs se
 training) and held-out ones (pairs never seen). Images are drawn in-process through the
 worker's own stages (tokenizer, ONNX text encoder, engine, samplers, VAE decoder), then read by
 the attribute classifier trained on the renderer. Writes the table, the sample grids and the
-manifest's ``quality.prompt_adherence``; rows are cached by the UNet's sha256 (deterministic).
+manifest's ``quality.prompt_adherence``; rows are cached by the model files' sha256 (sampling is
+deterministic).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -85,6 +87,23 @@ class Drawer:
         return np.stack(out)
 
 
+def vae_round_trip(pipeline: Path, drawer: Drawer, classifier: Any, n: int = 1000) -> dict[str, float | None]:
+    """The VAE's ceiling: fresh renders through the trained encoder (torch) and the served ONNX
+    decoder, read by the classifier. No sampler can do better than what the decoder can draw."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from tooling.shapes.dataset import draw_any_images
+    from tooling.shapes.render import to_unit
+
+    vae: Any = AutoencoderKL.from_pretrained(pipeline / "vae").eval()
+    attrs, images = draw_any_images(np.random.default_rng(99), n)
+    with torch.no_grad():
+        z = vae.encode(torch.from_numpy(to_unit(images))).latent_dist.mean * vae.config.scaling_factor
+    pixels = np.stack(drawer.decoder.pixels(list(z.numpy())))
+    return adherence([x.as_dict() for x in attrs], predict(classifier, pixels))
+
+
 def eval_prompts(n: int, held_out: bool, seed: int) -> tuple[list[str], list[dict[str, str]]]:
     """``n`` prompts and the attributes each states."""
     rng = np.random.default_rng(seed)
@@ -144,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--store", type=Path, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
+        "--pipeline",
+        type=Path,
+        default=Path("var/text/pipeline"),
+        help="the trained pipeline folder, for the VAE round-trip ceiling (skipped when absent)",
+    )
+    p.add_argument(
         "--training",
         type=Path,
         default=Path("var/text/training.json"),
@@ -163,7 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     print("classifier on fresh renders:", json.dumps(render_acc), flush=True)
 
     sets = {"held-in": eval_prompts(a.held_in, False, 1), "held-out": eval_prompts(a.held_out, True, 2)}
-    cache_path = a.cache / f"results-{m.sha256[:16]}-{a.held_in}-{a.held_out}-{a.ddpm_share}.json"
+    # Every stage decides the images: the key covers the UNet, text encoder and decoder files.
+    parts = [m.sha256, *(c.sha256 for c in (m.text_encoder, m.vae_decoder) if c)]
+    key = hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
+    cache_path = a.cache / f"results-{key}-{a.held_in}-{a.held_out}-{a.ddpm_share}.json"
     cache: dict[str, dict] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     results = []
     for cfg in configs(guidance):
@@ -194,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
 
     quality = {
         "classifier_render_accuracy": render_acc,
+        "vae_round_trip": vae_round_trip(a.pipeline, drawer, classifier) if a.pipeline.exists() else None,
         "guidance_scale": guidance,
         "grid_config": grid_cfg.label,
         "results": results,
@@ -257,6 +286,33 @@ def _section(record: Mapping[str, object], key: str) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
+def _ceiling_lines(quality: dict) -> list[str]:
+    trip = quality.get("vae_round_trip")
+    if not trip:
+        return []
+    cells = ", ".join(f"{n} {percent(trip[n])}" for n in (*ATTRIBUTE_NAMES, "all"))
+    return [
+        "The VAE's ceiling (fresh renders through the trained encoder and the served ONNX decoder, no "
+        f"diffusion, read by the same classifier): {cells}. The sampled rows sit under this ceiling "
+        "(up to sampling noise): whatever the denoiser gets right, a washed-out decode can still lose.",
+        "",
+    ]
+
+
+def _shortfall_lines(quality: dict) -> list[str]:
+    if all("**met**" in line for line in target_lines(quality)):
+        return []
+    return [
+        "Where it falls short, and why: the model was trained once, in about 45 minutes on two shared CPU "
+        "cores. Background, position and size are followed; shape and color are capped first by the VAE "
+        "(its round-trip ceiling above: a 600-step first stage whose decoder was fine-tuned for 1200 "
+        "steps more), then by the denoiser; the held-out color-shape pairs are mostly drawn with a "
+        "seen color or shape instead (composition needs a longer run). The fix is more training of the "
+        "same recipe (longer VAE and UNet stages), not a different metric.",
+        "",
+    ]
+
+
 def render_card(m: Manifest, quality: dict, directory: Path) -> str:
     """The model card: what the model is and draws, how it was trained, how well it follows prompts."""
     t = m.training
@@ -312,6 +368,9 @@ def render_card(m: Manifest, quality: dict, directory: Path) -> str:
         f"{tc.get('caption_dropout')}, AdamW lr {tc.get('lr')} (cosine), EMA {tc.get('ema_decay')}, seed "
         f"{tc.get('seed')}; {secs.get('total')} s on {tc.get('threads')} CPU threads "
         f"(VAE {secs.get('vae')} s, UNet {secs.get('unet')} s; torch {t.get('torch')}) |",
+        f"| decoder fine-tune | {_section(t, 'decoder').get('steps_done')} steps of batch "
+        f"{_section(t, 'decoder').get('batch')} after the UNet stage, encoder frozen (MSE + 0.5 L1), "
+        f"{_section(t, 'decoder').get('seconds')} s |",
         f"| sampling defaults | {m.sampling.default_sampler}, {m.sampling.default_steps} steps, guidance "
         f"{m.sampling.default_guidance_scale:g}; samplers {', '.join(m.sampling.samplers)} |",
         "",
@@ -350,11 +409,13 @@ def render_card(m: Manifest, quality: dict, directory: Path) -> str:
         + ". Guidance 1 is the plain conditional model. "
         "DDPM at 1000 steps draws only the first third of the prompts (same seeds), to save time.",
         "",
+        *_ceiling_lines(quality),
         render_table(quality),
         "Targets (from the issue, at 8 steps with guidance):",
         "",
         *target_lines(quality),
         "",
+        *_shortfall_lines(quality),
     ]
     return "\n".join(lines)
 

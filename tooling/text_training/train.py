@@ -1,10 +1,11 @@
 """``make train-text``: train the shapes text-to-image model from a seed and save its pipeline.
 
-Two stages on CPU: the VAE on rendered images (reconstruction + a small KL term), then the text
+Three stages on CPU: the VAE on rendered images (reconstruction + a small KL term), then the text
 encoder and UNet together on the VAE's latents of a fixed pool of renders, each step with fresh
 captions of the pool's attributes (unstated attributes vary, so a caption's silence means
 "any"), the caption dropped to "" 10% of the time for classifier-free guidance, v-prediction
-loss, EMA weights. Saves a ``StableDiffusionPipeline`` folder (``save_pretrained``), losses
+loss, EMA weights; then the VAE decoder fine-tuned on the frozen encoder's latents
+(``tooling.text_training.decoder``). Saves a ``StableDiffusionPipeline`` folder (``save_pretrained``), losses
 (``losses.csv``) and how it was trained (``training.json``).
 """
 
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from tooling.shapes.captions import caption, choose_stated
 from tooling.shapes.dataset import draw_batch
 from tooling.shapes.render import to_unit
+from tooling.text_training.decoder import DECODER_BATCH, DECODER_LR, DECODER_STEPS, finetune_decoder
 from tooling.text_training.models import (
     ModelConfig,
     build_scheduler,
@@ -53,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     max_minutes: float = 0.0  # >0: stop the UNet stage early at this wall time (recorded)
+    decoder_steps: int = DECODER_STEPS  # the decoder fine-tune after the UNet (its seed: seed + 1)
 
 
 def lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -185,6 +188,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, out: Path) -> dict[str, Any]
             log.write("unet", step, float(loss), lr)
             bar.set_postfix(loss=f"{float(loss):.4f}")
     unet_seconds = time.monotonic() - unet_started
+    decoder_started = time.monotonic()
+    vae, decoder_done = finetune_decoder(vae, steps=cfg.decoder_steps, seed=cfg.seed + 1, log=log)
+    decoder_seconds = time.monotonic() - decoder_started
 
     pipe: Any = StableDiffusionPipeline(
         vae=vae,
@@ -201,6 +207,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, out: Path) -> dict[str, Any]
         "train": asdict(cfg),
         "model": model_cfg.as_dict(),
         "unet_steps_done": done,
+        "decoder": {"steps": cfg.decoder_steps, "steps_done": decoder_done, "batch": DECODER_BATCH,
+                    "lr": DECODER_LR, "seed": cfg.seed + 1, "seconds": round(decoder_seconds, 1)},
         "latent_scaling_factor": scaling,
         "seconds": {"vae": round(vae_seconds, 1), "unet": round(unet_seconds, 1),
                     "total": round(time.monotonic() - started, 1)},
@@ -210,7 +218,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, out: Path) -> dict[str, Any]
     return record
 
 
-QUICK = TrainConfig(vae_steps=20, pool=1000, steps=20, warmup=5)
+QUICK = TrainConfig(vae_steps=20, pool=1000, steps=20, warmup=5, decoder_steps=5)
 
 
 def main(argv: list[str] | None = None) -> None:
