@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 
-.PHONY: run test lint typecheck unit chaos eval train export export-fp16 import bench clean
+.PHONY: run test lint typecheck unit chaos eval train export export-fp16 import bench clean train-text import-text eval-text
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -67,6 +67,21 @@ import: $(DEV_STAMP)
 ## Measure sample quality (label agreement, Frechet distance); not a CI gate
 eval: $(DEV_STAMP)
 	$(PY) -m tooling.evaluation.run $(ARGS)
+
+## Train the shapes text-to-image model from seed 0 (about 45 minutes on 2 CPU cores) into var/text/pipeline,
+## losses in var/text/losses.csv; QUICK=1 for a smoke run (a minute), ARGS=... for more (--steps, --seed)
+train-text: $(DEV_STAMP)
+	$(PY) -m tooling.text_training.train --out var/text $(if $(QUICK),--quick) $(ARGS)
+
+## Import the trained shapes pipeline into the store as shapes-sd (as a user imports theirs)
+import-text: $(DEV_STAMP)
+	$(MAKE) import SRC=var/text/pipeline NAME=shapes-sd SIZES=32x32 \
+		ARGS="--default-steps 8 --guidance-scale 3 $(ARGS)"
+
+## Prompt adherence of shapes-sd (attribute classifier trained on the renderer); writes the table,
+## sample grids and the manifest's quality; ARGS=... (python -m tooling.evaluation.text_run --help)
+eval-text: $(DEV_STAMP)
+	$(PY) -m tooling.evaluation.text_run $(ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -12,6 +12,7 @@ and a model whose output is exactly zero would let a broken export pass its chec
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +91,14 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
-def tiny_clip_vocab() -> tuple[dict[str, int], list[str]]:
+def tiny_clip_vocab(words: Sequence[str] = _WORDS) -> tuple[dict[str, int], list[str]]:
     """A CLIP-style BPE vocabulary and merges: every byte character with and without ``</w>``,
-    left-to-right merges spelling a few words, then the two special tokens (as CLIP orders them)."""
+    left-to-right merges spelling ``words`` (so each is one token), then the two special tokens
+    (as CLIP orders them)."""
     chars = list(_bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars]
     merges: list[str] = []
-    for word in _WORDS:
+    for word in words:
         pieces = [*word[:-1], word[-1] + "</w>"]
         left = pieces[0]
         for right in pieces[1:]:
@@ -109,8 +111,9 @@ def tiny_clip_vocab() -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def _write_tokenizer_files(folder: Path) -> tuple[Path, Path]:
-    vocab, merges = tiny_clip_vocab()
+def write_tokenizer_files(folder: Path, words: Sequence[str] = _WORDS) -> tuple[Path, Path]:
+    """``vocab.json`` and ``merges.txt`` of ``tiny_clip_vocab(words)`` in ``folder``."""
+    vocab, merges = tiny_clip_vocab(words)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
@@ -180,7 +183,7 @@ def build_tiny_sd(
     vocab, _ = tiny_clip_vocab()
     # Built the way a hub folder is read: from vocab.json and merges.txt.
     tokenizer = CLIPTokenizer.from_pretrained(
-        _write_tokenizer_files(out / "tokenizer")[0].parent,
+        write_tokenizer_files(out / "tokenizer")[0].parent,
         pad_token=pad_token,
         model_max_length=model_max_length,
     )
