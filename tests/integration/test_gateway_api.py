@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from diffq.serve import free_port
+from model_store.store import ModelStore
 from tests.conftest import Stack, stack_env
 
 
@@ -173,7 +174,10 @@ def test_ready_without_workers_reports_them(gateway: httpx.Client) -> None:
     r = gateway.get("/readyz")
     assert r.status_code == 200
     assert r.json()["checks"] == {"redis": True}
-    assert r.json()["workers"] == {"mnist-cfg-unet": 0}
+    # Every served model (the shipped store holds two), none with a worker yet.
+    shipped = {m.manifest.name for m in ModelStore().models()}
+    assert {"mnist-cfg-unet", "shapes-sd"} <= shipped
+    assert r.json()["workers"] == dict.fromkeys(shipped, 0)
 
 
 def test_not_ready_without_redis(make_stack) -> None:  # type: ignore[no-untyped-def]
