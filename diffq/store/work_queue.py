@@ -31,7 +31,6 @@ class Claimed:
 
     entry_id: str
     job_id: str
-    work: int = 0  # the job's denoiser evaluations, as enqueued
     priority: Priority = Priority.NORMAL
     # The job's record as of the claim (a claim reads it in the same step); None from a
     # reclaim, or when the record is gone.
@@ -62,7 +61,7 @@ for i = more_keys, #KEYS, 2 do
     local n = tonumber(f[1]) or 0
     take(model_work, n)
     if f[2] then take(owner_work_prefix .. f[2], n) end
-    redis.call('XADD', claimed, '*', 'job', id, 'work', tostring(n), 'priority', priority)
+    redis.call('XADD', claimed, '*', 'job', id, 'priority', priority)
     left = left - 1
   end
 end
@@ -136,7 +135,7 @@ class WorkQueue(Connection):
         for entry_id, fields, record in run(self._r, call):
             claimed = _claimed(entry_id, pairs(fields))
             job = decode(claimed.job_id, pairs(record)) if record else None
-            out.append(Claimed(claimed.entry_id, claimed.job_id, claimed.work, claimed.priority, job))
+            out.append(Claimed(claimed.entry_id, claimed.job_id, claimed.priority, job))
         return out
 
     def ack(self, model: str, entries: Sequence[Claimed]) -> None:
@@ -203,4 +202,4 @@ class WorkQueue(Connection):
 
 def _claimed(entry_id: Any, fields: dict[bytes, bytes]) -> Claimed:
     priority = Priority(text(fields.get(b"priority", b"normal")))
-    return Claimed(text(entry_id), text(fields[b"job"]), int(fields.get(b"work", 0)), priority)
+    return Claimed(text(entry_id), text(fields[b"job"]), priority)

@@ -16,7 +16,6 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from model_store.store import ModelStore, StoredModel, read_manifest
 from sampling.denoise import Condition, sample_to_completion, start_row
 from sampling.registry import get_plan
 from tooling.evaluation.adherence import adherence, percent
+from tooling.evaluation.run import EvalConfig
 from tooling.evaluation.shapes_classifier import predict, render_accuracy, train_classifier
 from tooling.shapes.attributes import (
     ATTRIBUTE_NAMES,
@@ -45,17 +45,6 @@ from tooling.shapes.dataset import draw_attributes, draw_sample
 from workers.engine import Engine, EngineOptions
 from workers.main import load_stages
 from workers.pipeline import Decoder, TextEncoder
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    sampler: str
-    steps: int
-    guidance_scale: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.sampler} {self.steps} steps, guidance {self.guidance_scale:g}"
 
 
 class Drawer:
