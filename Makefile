@@ -68,7 +68,7 @@ import: $(DEV_STAMP)
 eval: $(DEV_STAMP)
 	$(PY) -m tooling.evaluation.run $(ARGS)
 
-## Train the shapes text-to-image model from seed 0 (about 45 minutes on 2 CPU cores) into var/text/pipeline,
+## Train the shapes text-to-image model from seed 0 (about an hour on 2 CPU cores) into var/text/pipeline,
 ## losses in var/text/losses.csv; QUICK=1 for a smoke run (a minute), ARGS=... for more (--steps, --seed)
 train-text: $(DEV_STAMP)
 	$(PY) -m tooling.text_training.train --out var/text $(if $(QUICK),--quick) $(ARGS)

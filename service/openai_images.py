@@ -90,7 +90,7 @@ async def generate(
     images; OpenAIError if it did not succeed within DIFFQ_MAX_WAIT_SECONDS."""
     job_body = to_job(body, state.models, state.default_model)
     wait = state.settings.max_wait_seconds
-    with state.waiters.slot(owner):
+    with state.waiters.slot(owner, instead="submit through POST /v1/jobs and poll the job"):
         answer = await job_ops.submit(
             state, job_body, owner, idempotency_key=idempotency_key, wait=wait, gone=gone
         )

@@ -81,20 +81,21 @@ class Waiters:
 
     # bounds -----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def slot(self, owner: str) -> Iterator[None]:
+    def slot(self, owner: str, instead: str = "poll without Prefer: wait") -> Iterator[None]:
         """Hold one of ``owner``'s waiting places while inside; ``TooManyWaiters`` (429) when
-        the key, or the process, holds its bound."""
+        the key, or the process, holds its bound. ``instead`` tells the caller what else to do
+        (the route's own words)."""
         held = self._per_key.get(owner, 0)
         if held >= self.max_per_key:
             raise TooManyWaiters(
                 f"this key already holds {held} waiting requests (DIFFQ_MAX_WAITERS_PER_KEY); "
-                "poll without Prefer: wait, or retry once one has answered",
+                f"{instead}, or retry once one has answered",
                 retry_after=1,
             )
         if self._total >= self.max_total:
             raise TooManyWaiters(
                 f"this gateway holds {self._total} waiting requests (DIFFQ_MAX_WAITERS); "
-                "poll without Prefer: wait, or retry shortly",
+                f"{instead}, or retry shortly",
                 retry_after=1,
             )
         self._per_key[owner] = held + 1

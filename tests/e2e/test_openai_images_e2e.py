@@ -260,6 +260,8 @@ def test_waiting_requests_count_against_the_keys_waiting_bound(stacks: dict[str,
         client(tight, "erin").images.generate(model=MODEL, prompt="y")
     holder.join(30)
     assert caught.value.code == "too_many_waiters"
+    # The advice fits this route (it has no Prefer: wait to drop).
+    assert "POST /v1/jobs" in caught.value.message and "Prefer" not in caught.value.message
     assert first and isinstance(first[0], openai.InternalServerError) and first[0].code == "job_timeout"
     # Refused before anything was done: it took none of erin's burst of two (the idle job took
     # one, this takes the other), and her waiting place is back.

@@ -282,8 +282,9 @@ def _ceiling_lines(quality: dict) -> list[str]:
     cells = ", ".join(f"{n} {percent(trip[n])}" for n in (*ATTRIBUTE_NAMES, "all"))
     return [
         "The VAE's ceiling (fresh renders through the trained encoder and the served ONNX decoder, no "
-        f"diffusion, read by the same classifier): {cells}. The sampled rows sit under this ceiling "
-        "(up to sampling noise): whatever the denoiser gets right, a washed-out decode can still lose.",
+        f"diffusion, read by the same classifier, held-out pairs included): {cells}. It is what the decoder "
+        "makes of the encoder's latents of renders; sampled latents are not those, so a row can read "
+        "a little higher, but an attribute the round trip loses often is one no sampler draws well.",
         "",
     ]
 
@@ -292,12 +293,10 @@ def _shortfall_lines(quality: dict) -> list[str]:
     if all("**met**" in line for line in target_lines(quality)):
         return []
     return [
-        "Where it falls short, and why: the model was trained once, in about 45 minutes on two shared CPU "
-        "cores. Background, position and size are followed; shape and color are capped first by the VAE "
-        "(its round-trip ceiling above: a 600-step first stage whose decoder was fine-tuned for 1200 "
-        "steps more), then by the denoiser; the held-out color-shape pairs are mostly drawn with a "
-        "seen color or shape instead (composition needs a longer run). The fix is more training of the "
-        "same recipe (longer VAE and UNet stages), not a different metric.",
+        "Short of a target: compare the rows with the VAE's ceiling above. An attribute the round trip "
+        "already loses needs a longer first stage (`--vae-steps`); one the decoder keeps but the "
+        "sampled rows lose, and the held-out pairs, need a longer UNet stage (`--steps`). Train more, "
+        "not a different metric.",
         "",
     ]
 
@@ -351,7 +350,8 @@ def render_card(m: Manifest, quality: dict, directory: Path) -> str:
         f"| schedule | {m.schedule.beta_schedule} betas {m.schedule.beta_start}-{m.schedule.beta_end}, "
         f"T = {m.schedule.num_train_timesteps}, predicts `{m.schedule.prediction_type}`, trailing spacing |",
         f"| training | VAE {tc.get('vae_steps')} steps of batch {tc.get('vae_batch')} "
-        f"(MSE + {tc.get('kl_weight')} KL); text encoder + UNet {t.get('unet_steps_done')} of "
+        f"(MSE + {tc.get('vae_l1', 0)} L1 + {tc.get('kl_weight')} KL); text encoder + UNet "
+        f"{t.get('unet_steps_done')} of "
         f"{tc.get('steps')} planned steps of batch {tc.get('batch')} "
         f"on the latents of {tc.get('pool')} renders with fresh captions each step, caption dropout "
         f"{tc.get('caption_dropout')}, AdamW lr {tc.get('lr')} (cosine), EMA {tc.get('ema_decay')}, seed "
