@@ -61,6 +61,7 @@ class BenchStack:
             DIFFQ_RATE_LIMIT_BURST="1000000",
             DIFFQ_MAX_JOBS_IN_FLIGHT_PER_KEY="0",
             DIFFQ_MAX_QUEUED_EVALUATIONS="0",
+            DIFFQ_MAX_QUEUED_EVALUATIONS_PER_KEY="0",  # the gateway rounds queue tens of thousands
             DIFFQ_GATEWAY_PROCESSES=str(gateway_processes),
         )
         env.pop("DIFFQ_MAX_BATCH_ROWS", None)  # the test harness pins it; here the worker decides

@@ -4,9 +4,10 @@ is documented from the error table (``service/errors.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from diffq.errors import (
@@ -28,8 +29,9 @@ from service.deps import (
     MetricsAccess,
     OwnerDep,
     StateDep,
+    SubmitterDep,
     WaitDep,
-    WaitSlotDep,
+    client_gone,
 )
 from service.errors import RETRY_AFTER_HEADER, error_responses
 from service.openai_errors import OpenAIRoute, openai_error_responses
@@ -118,18 +120,18 @@ openai_router = APIRouter(route_class=OpenAIRoute)
 
 @router.post("/v1/jobs", status_code=202, response_model=JobView, responses=SUBMIT_RESPONSES, tags=["jobs"])
 async def submit_job(
-    body: JobCreate,
-    state: StateDep,
-    owner: OwnerDep,
-    _slot: WaitSlotDep,
-    wait: WaitDep,
-    gone: ClientGoneDep,
-    idempotency_key: IdempotencyKey = None,
+    request: Request, body: JobCreate, who: SubmitterDep, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """Queue a generation job. Answers at once with the job and its Location."""
     # async: the submission, the busiest path, and a client's wait run on the event loop
     # with the store's asyncio connection; only rare steps (expiring, positions) use threads.
-    answer = await job_ops.submit(state, body, owner, idempotency_key=idempotency_key, wait=wait, gone=gone)
+    state, owner, wait = who.state, who.owner, who.wait
+    # With Prefer: wait, its waiting place is taken before the job is queued: past the bound the
+    # 429 means nothing was done, so a client's retry cannot queue the job twice.
+    with state.waiters.slot(owner) if wait else contextlib.nullcontext():
+        answer = await job_ops.submit(
+            state, body, owner, idempotency_key=idempotency_key, wait=wait, gone=await client_gone(request)
+        )
     return _job_response(state, answer, 202)
 
 
