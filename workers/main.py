@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 
 from diffq.exits import PROBE_PORT_EXIT
 from diffq.logs import setup_logging
@@ -26,7 +27,15 @@ from workers.worker import Worker, install_signal_handlers
 log = logging.getLogger("diffq.worker")
 
 
-def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -> Worker:
+EngineWrap = Callable[[Engine], Engine]
+
+
+def build_worker(
+    settings: WorkerSettings, health: WorkerHealth | None = None, wrap_engine: EngineWrap | None = None
+) -> Worker:
+    """The worker for ``settings``: its model loaded and verified, its tick measured.
+    ``wrap_engine`` replaces the loaded engine before anything uses it (the benchmarks'
+    simulated devices; the real worker never passes one)."""
     store_root = ModelStore(settings.model_store)
     stored = store_root.get(settings.model) if settings.model else store_root.models()[0]
     metrics = WorkerMetrics(stored.manifest.name, health.registry if health else None)
@@ -45,6 +54,8 @@ def build_worker(settings: WorkerSettings, health: WorkerHealth | None = None) -
         cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
     )
     engine = Engine(stored.verify_all(variant), stored.manifest, options)
+    if wrap_engine is not None:
+        engine = wrap_engine(engine)
     encoder, decoder = load_stages(stored, options)
     log.info(
         "model loaded",
@@ -100,7 +111,7 @@ def load_stages(stored: StoredModel, options: EngineOptions) -> tuple[TextEncode
     return encoder, decoder
 
 
-def run_worker(settings: WorkerSettings, burst: bool = False) -> None:
+def run_worker(settings: WorkerSettings, burst: bool = False, wrap_engine: EngineWrap | None = None) -> None:
     setup_logging(settings.log_level)
     health = WorkerHealth(stall_seconds=settings.stall_seconds)
     try:
@@ -109,7 +120,7 @@ def run_worker(settings: WorkerSettings, burst: bool = False) -> None:
         log.error(str(e), extra={"port": settings.worker_port})
         sys.exit(PROBE_PORT_EXIT)
     try:
-        worker = build_worker(settings, health)
+        worker = build_worker(settings, health, wrap_engine)
         health.last_tick = lambda: worker.last_tick
         health.redis_ok = lambda: worker.connected and worker.store.ping()  # not ready mid-outage
         health.stopping = worker.stop.is_set
