@@ -3,6 +3,12 @@
 Pure: takes sizes and times as arguments, never sleeps or touches the queue. The worker keeps
 a running set of jobs; every step is one denoiser call over all their rows, and new jobs join
 between steps while rows are free.
+
+Adaptive batching: the row budget has two sizes, both read off the engine's measured curve.
+At light load it is the latency-optimal tick (``tick_rows``): a bigger call would make every
+image in it wait longer per step for little extra throughput. While work waits in the queue
+(a backlog), only throughput counts, and the budget grows to the throughput-optimal size
+(``best_rows``); it falls back once the queue is empty, as the running jobs finish.
 """
 
 from __future__ import annotations
@@ -13,11 +19,21 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    max_rows: int  # denoiser rows per call
+    max_rows: int  # denoiser rows per call at light load (the latency-optimal tick)
     max_wait_s: float  # how long an idle worker gathers jobs before its first step
+    backlog_rows: int = 0  # rows per call while work waits in the queue; 0: max_rows
+
+    def rows(self, backlog: bool = False) -> int:
+        """The row budget: the throughput-optimal size under a backlog, else the tick."""
+        return max(self.max_rows, self.backlog_rows) if backlog else self.max_rows
+
+    @property
+    def adaptive(self) -> bool:
+        """Does a backlog change the budget at all?"""
+        return self.backlog_rows > self.max_rows
 
 
-def admit(policy: BatchPolicy, active_rows: int, waiting_rows: Sequence[int]) -> int:
+def admit(policy: BatchPolicy, active_rows: int, waiting_rows: Sequence[int], backlog: bool = False) -> int:
     """How many of the waiting jobs (in arrival order) join now.
 
     First come, first served: stop at the first job that does not fit, so a big job is never
@@ -25,16 +41,17 @@ def admit(policy: BatchPolicy, active_rows: int, waiting_rows: Sequence[int]) ->
     """
     n = 0
     rows = active_rows
+    budget = policy.rows(backlog)
     for size in waiting_rows:
-        if rows + size > policy.max_rows and not (rows == 0 and n == 0):
+        if rows + size > budget and not (rows == 0 and n == 0):
             break
         rows += size
         n += 1
     return n
 
 
-def free_rows(policy: BatchPolicy, active_rows: int) -> int:
-    return max(0, policy.max_rows - active_rows)
+def free_rows(policy: BatchPolicy, active_rows: int, backlog: bool = False) -> int:
+    return max(0, policy.rows(backlog) - active_rows)
 
 
 def keep_gathering(policy: BatchPolicy, now: float, gather_started: float, rows: int) -> bool:
@@ -61,3 +78,15 @@ def tick_rows(curve: Mapping[int, float], gain: float = 0.1) -> int:
         if all(curve[bigger] <= (1 + gain) * curve[size] for bigger in sizes[i + 1 :]):
             return size
     return sizes[-1]  # unreachable: the largest size always qualifies
+
+
+def best_rows(curve: Mapping[int, float], tolerance: float = 0.03) -> int:
+    """The throughput-optimal rows per call: the smallest batch within ``tolerance`` of the
+    curve's best throughput (a bigger call that buys less than that is not worth its memory
+    and its latency, and a measured curve is that noisy)."""
+    if not curve:
+        raise ValueError("an empty throughput curve")
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
+    best = max(curve.values())
+    return min(size for size, rate in curve.items() if rate >= (1 - tolerance) * best)

@@ -49,13 +49,19 @@ def worker_buckets(mode: str, max_rows: int, device: str) -> tuple[int, ...]:
       out up to 3e-3 apart at different batch sizes (cuDNN picks algorithms per shape) and
       bit-identical at one fixed size; on CPU onnxruntime's rows are identical at any size.
     """
-    if mode == "auto":
-        mode = "fixed" if device == "cuda" else "pow2"
+    mode = resolve_mode(mode, device)
     if mode == "fixed":
         return check_buckets((max_rows,))
     if mode == "pow2":
         return default_buckets(max_rows)
     raise ValueError(f"unknown bucket mode {mode!r} (auto, pow2 or fixed)")
+
+
+def resolve_mode(mode: str, device: str) -> str:
+    """``auto`` made concrete for ``device`` (see ``worker_buckets``); other modes as they are."""
+    if mode == "auto":
+        return "fixed" if device == "cuda" else "pow2"
+    return mode
 
 
 def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:

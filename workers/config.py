@@ -31,6 +31,15 @@ class WorkerSettings(CommonSettings):
         description="Most denoiser rows per call (guided images count twice); 0 = measure the "
         "engine at start-up and take the knee of its throughput curve.",
     )
+    backlog_batch_rows: int = Field(
+        default=0,
+        ge=0,
+        le=4096,
+        description="Adaptive batching: most denoiser rows per call while jobs wait in the queue, "
+        "where only throughput counts (max_batch_rows is the light-load size). 0 = the "
+        "throughput-optimal size of the engine curve measured at start-up when max_batch_rows is "
+        "0 too, else max_batch_rows (no adaptation). Fixed buckets (one shape per call) turn it off.",
+    )
     batching: Literal["continuous", "request"] = Field(
         default="continuous",
         description="continuous: jobs join the running set between steps; request: a batch runs "

@@ -14,8 +14,8 @@ from diffq.exits import PROBE_PORT_EXIT
 from diffq.logs import setup_logging
 from diffq.store import RedisStore
 from model_store.store import ModelStore, StoredModel
-from workers.batching import tick_rows
-from workers.buckets import default_buckets, worker_buckets
+from workers.batching import best_rows, tick_rows
+from workers.buckets import default_buckets, resolve_mode, worker_buckets
 from workers.calibration import measure_curve, sizes_for
 from workers.config import WorkerSettings
 from workers.engine import Component, Engine, EngineOptions, choose_variant, planned_device
@@ -69,23 +69,34 @@ def build_worker(
             "seconds": round(engine.load_seconds, 3),
         },
     )
-    if settings.max_batch_rows == 0:  # measure this hardware and take the knee
+    if settings.max_batch_rows == 0:  # measure this hardware: the knee, and the best
         curve = measure_curve(
             engine.run, stored.manifest.sample_shape(), engine.example_condition, sizes_for(engine.device)
         )
-        settings = settings.model_copy(update={"max_batch_rows": tick_rows(curve)})
+        sizes = {"max_batch_rows": tick_rows(curve)}
+        if settings.backlog_batch_rows == 0:
+            sizes["backlog_batch_rows"] = best_rows(curve)
+        settings = settings.model_copy(update=sizes)
         log.info(
-            "tick size from the engine curve",
+            "tick sizes from the engine curve",
             extra={
                 "rows": settings.max_batch_rows,
+                "backlog_rows": settings.backlog_batch_rows,
                 "curve": {size: round(rate) for size, rate in curve.items()},
             },
         )
-    engine.use_buckets(worker_buckets(settings.batch_buckets, settings.max_batch_rows, engine.device))
+    adaptive = settings.backlog_batch_rows > settings.max_batch_rows
+    if adaptive and resolve_mode(settings.batch_buckets, engine.device) == "fixed":
+        # One padded shape for every call (the seed contract on GPUs): no second size.
+        log.info("fixed buckets: adaptive batching off", extra={"rows": settings.max_batch_rows})
+        settings = settings.model_copy(update={"backlog_batch_rows": 0})
+        adaptive = False
+    largest = settings.backlog_batch_rows if adaptive else settings.max_batch_rows
+    engine.use_buckets(worker_buckets(settings.batch_buckets, largest, engine.device))
     warm = engine.warm_up()
     if engine.padded:
         log.info("batch buckets warmed", extra={"buckets": list(engine.buckets), "seconds": round(warm, 3)})
-    metrics.tick_rows.labels(stored.manifest.name).set(settings.max_batch_rows)
+    metrics.batch_sizes(settings.max_batch_rows, largest)
     store = RedisStore(
         settings.redis_url, settings.key_prefix, settings.result_ttl_seconds, settings.redis_timeout_seconds
     )

@@ -23,8 +23,29 @@ class WorkerMetrics:
         )
         self.tick_rows = Gauge(
             f"{PREFIX}_worker_tick_rows",
-            "Most denoiser rows per call (configured, or the knee of the engine curve measured at start).",
+            "Most denoiser rows per call at light load (configured, or the latency-optimal size "
+            "of the engine curve measured at start).",
             ["model"],
+            registry=r,
+        )
+        self.backlog_rows = Gauge(
+            f"{PREFIX}_worker_backlog_rows",
+            "Most denoiser rows per call while jobs wait in the queue (adaptive batching; the "
+            "throughput-optimal size of the engine curve, or configured).",
+            ["model"],
+            registry=r,
+        )
+        self.row_budget = Gauge(
+            f"{PREFIX}_worker_row_budget",
+            "Rows per denoiser call the running set may grow to now: the tick, or the backlog "
+            "size while jobs wait in the queue.",
+            ["model"],
+            registry=r,
+        )
+        self.mode_switches = Counter(
+            f"{PREFIX}_worker_batch_mode_switches",
+            "Adaptive batching's switches, by the mode switched to (backlog or light).",
+            ["model", "mode"],
             registry=r,
         )
         self.call_duration = Histogram(
@@ -115,9 +136,22 @@ class WorkerMetrics:
             self.errors.labels(m, error_type.value)
         for counter in (self.retries, self.reclaims, self.dead_letters, self.images, self.busy):
             counter.labels(m)
+        for mode in ("backlog", "light"):
+            self.mode_switches.labels(m, mode)
 
     def loaded(self, seconds: float) -> None:
         self.model_load.labels(self.model).set(seconds)
+
+    def batch_sizes(self, tick_rows: int, backlog_rows: int) -> None:
+        """The two row budgets, set once the tick is known; the light one applies first."""
+        self.tick_rows.labels(self.model).set(tick_rows)
+        self.backlog_rows.labels(self.model).set(backlog_rows)
+        self.row_budget.labels(self.model).set(tick_rows)
+
+    def batch_mode(self, backlog: bool, budget: int) -> None:
+        """Adaptive batching switched to the backlog budget, or back to the light-load one."""
+        self.mode_switches.labels(self.model, "backlog" if backlog else "light").inc()
+        self.row_budget.labels(self.model).set(budget)
 
     def step(self, images: int, rows: int, call_seconds: float, busy_seconds: float) -> None:
         """One tick: a denoiser call over ``rows`` rows of ``images`` images."""

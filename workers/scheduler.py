@@ -80,6 +80,23 @@ class Scheduler(Generic[H]):
     continuous: bool = True
     waiting: list[Waiting[H]] = field(default_factory=list)
     running: dict[str, InFlight[H]] = field(default_factory=dict)
+    backlog: bool = False  # work waited in the queue at the last look: the throughput budget
+
+    # ---- load --------------------------------------------------------------------------------
+    def observe_queue(self, queued_evaluations: int) -> bool:
+        """What the driver's last look at the queue found (jobs not claimed by any worker, as
+        denoiser evaluations), before it adds what that claim took. While work waits there,
+        or claimed jobs still wait here, the row budget is the policy's backlog size; once
+        none does, new jobs join only below the light-load tick again, and the batch shrinks
+        back to it as its jobs finish. True when the mode changed."""
+        backlog = self.policy.adaptive and (queued_evaluations > 0 or bool(self.waiting))
+        changed, self.backlog = backlog != self.backlog, backlog
+        return changed
+
+    @property
+    def budget(self) -> int:
+        """Rows per step the running set may grow to now."""
+        return self.policy.rows(self.backlog)
 
     # ---- sizes ---------------------------------------------------------------------------
     def rows_running(self) -> int:
@@ -91,7 +108,7 @@ class Scheduler(Generic[H]):
         return self.rows_running() + sum(w.job.request.rows_per_step for w in self.waiting)
 
     def free_rows(self) -> int:
-        return free_rows(self.policy, self.rows_held())
+        return free_rows(self.policy, self.rows_held(), self.backlog)
 
     @property
     def held(self) -> int:
@@ -116,7 +133,8 @@ class Scheduler(Generic[H]):
         if not self.continuous and self.running:
             return []
         self.waiting.sort(key=lambda w: PRIORITIES.index(w.job.request.priority))  # stable
-        n = admit(self.policy, self.rows_running(), [w.job.request.rows_per_step for w in self.waiting])
+        rows = [w.job.request.rows_per_step for w in self.waiting]
+        n = admit(self.policy, self.rows_running(), rows, self.backlog)
         joining, self.waiting = self.waiting[:n], self.waiting[n:]
         return joining
 

@@ -85,7 +85,9 @@ class Worker:
         self._last_progress = 0.0  # monotonic time of the last progress write
         self._news: NewWork | None = None  # submissions announced to this worker
         self._announced = False  # one was, and no claim has looked since
-        self.policy = BatchPolicy(self.settings.max_batch_rows, self.settings.max_wait_ms / 1000)
+        self.policy = BatchPolicy(
+            self.settings.max_batch_rows, self.settings.max_wait_ms / 1000, self.settings.backlog_batch_rows
+        )
         self.scheduler: Scheduler[Claimed] = Scheduler(self.policy, self.settings.batching == "continuous")
         self._last_beat = 0.0
         self._last_reclaim = 0.0
@@ -297,6 +299,10 @@ class Worker:
                     sched.add(more)
                 else:
                     time.sleep(GATHER_POLL_SECONDS)
+        if self._look_at_queue():
+            self._observe(self.store.queued_evaluations(self.model))
+            if not sched.backlog:  # as good as a claim that found the queue empty
+                self._queue_empty_at, self._announced = time.monotonic(), False
         # With a batch running and the queue found empty, claim again once a submission is
         # announced (no round trip while none is), or after CLAIM_EVERY_SECONDS.
         while (free := sched.free_rows()) > 0:
@@ -314,14 +320,38 @@ class Worker:
                 self._queue_empty_at = time.monotonic()
                 break
 
+    def _look_at_queue(self) -> bool:
+        """Adaptive batching, at the light-load budget with no row free: is it time to see
+        whether jobs wait in the queue (a submission was announced, or CLAIM_EVERY_SECONDS
+        passed)? Claims see it for free; a full batch does not claim."""
+        sched = self.scheduler
+        return (
+            self.policy.adaptive
+            and not sched.backlog
+            and not sched.idle
+            and sched.free_rows() == 0
+            and (self._announced or time.monotonic() - self._queue_empty_at >= CLAIM_EVERY_SECONDS)
+        )
+
+    def _observe(self, queued_evaluations: int) -> None:
+        """The queue as a claim or a look found it: adaptive batching's budget follows."""
+        sched = self.scheduler
+        if sched.observe_queue(queued_evaluations):
+            self._metrics.batch_mode(sched.backlog, sched.budget)
+            log.debug(
+                "row budget",
+                extra={"rows": sched.budget, "backlog": sched.backlog, "queued": queued_evaluations},
+            )
+
     def _claim(self, block_ms: int | None, count: int = 1) -> list[tuple[Claimed, Job]]:
         """Up to ``count`` jobs with their records; entries whose job is gone or finished are
         acked. With ``block_ms``, an empty queue is asked again once a submission is announced
         within that time."""
-        claimed = self.store.claim(self.model, self.worker_id, count)
-        if not claimed and block_ms and self._news is not None and self._news.wait(block_ms / 1000):
-            claimed = self.store.claim(self.model, self.worker_id, count)
-        return self._with_records(claimed)
+        claim = self.store.claim_batch(self.model, self.worker_id, count)
+        if not claim.entries and block_ms and self._news is not None and self._news.wait(block_ms / 1000):
+            claim = self.store.claim_batch(self.model, self.worker_id, count)
+        self._observe(claim.queued_evaluations)
+        return self._with_records(claim.entries)
 
     def _with_records(self, claimed: list[Claimed], reread: bool = False) -> list[tuple[Claimed, Job]]:
         """The entries with their records: a claim carries them, a reclaim (or ``reread``,

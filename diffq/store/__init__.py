@@ -26,7 +26,7 @@ from diffq.store.faults import UNREACHABLE, Fault, fault
 from diffq.store.feeds import DoneFeed, NewWork
 from diffq.store.keys import GROUP, Keys
 from diffq.store.records import JobRecords
-from diffq.store.work_queue import Claimed, WorkQueue
+from diffq.store.work_queue import Claim, Claimed, WorkQueue
 
 
 class RedisStore(JobRecords, Admission, WorkQueue):
@@ -43,6 +43,7 @@ class RedisStore(JobRecords, Admission, WorkQueue):
 
 __all__ = [
     "GROUP",
+    "Claim",
     "Claimed",
     "DoneFeed",
     "Fault",

@@ -41,7 +41,8 @@ class Claimed:
 # higher priorities first (the tail: each priority's waiting set and virtual clock, with the
 # priority's name in the ARGV tail), take their work off the counters, add an entry each to
 # the claimed stream and deliver the stream's undelivered entries to the consumer; as {entry,
-# fields, record} triples. Never blocks (an idle worker waits on announcements instead).
+# fields, record} triples, with the model's work still waiting after the claim (the worker's
+# backlog signal). Never blocks (an idle worker waits on announcements instead).
 CLAIM = Script(
     ("claimed", "since", "model_work"),
     ("group", "consumer", "want", "job_prefix", "owner_work_prefix"),
@@ -74,7 +75,7 @@ if got and got[1] then
     table.insert(out, {e[1], e[2], id and redis.call('HGETALL', job_prefix .. id) or {}})
   end
 end
-return out
+return {out, tonumber(redis.call('GET', model_work)) or 0}
 """,
 )
 
@@ -105,6 +106,14 @@ return gone
 )
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What one claim took, and the denoiser evaluations still waiting for any worker."""
+
+    entries: list[Claimed]
+    queued_evaluations: int
+
+
 class WorkQueue(Connection):
     def ensure_group(self, model: str) -> None:
         try:
@@ -116,8 +125,12 @@ class WorkQueue(Connection):
     def claim(self, model: str, consumer: str, count: int) -> list[Claimed]:
         """Up to ``count`` waiting jobs for this consumer, in the fair order, higher
         priorities first, each with its record: fewer than ``count`` means no more wait."""
+        return self.claim_batch(model, consumer, count).entries
+
+    def claim_batch(self, model: str, consumer: str, count: int) -> Claim:
+        """``claim``, with the work left waiting after it, in the same round trip."""
         if count <= 0:
-            return []
+            return Claim([], self.queued_evaluations(model))
         k = self.keys
         call = CLAIM.bind(
             {"claimed": k.claimed(model), "since": k.since(model), "model_work": k.work(model)},
@@ -131,12 +144,17 @@ class WorkQueue(Connection):
             [key for p in PRIORITIES for key in (k.waiting(model, p), k.vclock(model, p))],
             [p.value for p in PRIORITIES],
         )
+        delivered, queued = run(self._r, call)
         out = []
-        for entry_id, fields, record in run(self._r, call):
+        for entry_id, fields, record in delivered:
             claimed = _claimed(entry_id, pairs(fields))
             job = decode(claimed.job_id, pairs(record)) if record else None
             out.append(Claimed(claimed.entry_id, claimed.job_id, claimed.priority, job))
-        return out
+        return Claim(out, int(queued))
+
+    def queued_evaluations(self, model: str) -> int:
+        """The denoiser evaluations of the model's jobs that no worker has claimed yet."""
+        return int(self._r.get(self.keys.work(model)) or 0)
 
     def ack(self, model: str, entries: Sequence[Claimed]) -> None:
         """Done with these entries: acknowledged and deleted from the stream."""

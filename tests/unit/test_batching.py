@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from workers.batching import BatchPolicy, admit, free_rows, keep_gathering, tick_rows
+from workers.batching import BatchPolicy, admit, best_rows, free_rows, keep_gathering, tick_rows
 from workers.calibration import measure_curve
 from workers.worker import claim_count
 
@@ -33,6 +33,30 @@ def test_oversized_job_runs_alone_when_idle() -> None:
 
 def test_free_rows() -> None:
     assert free_rows(P, 0) == 16 and free_rows(P, 20) == 0
+
+
+def test_a_backlog_budget_applies_only_under_a_backlog() -> None:
+    adaptive = BatchPolicy(max_rows=4, max_wait_s=0.0, backlog_rows=16)
+    assert adaptive.adaptive and adaptive.rows() == 4 and adaptive.rows(backlog=True) == 16
+    assert admit(adaptive, 0, [2] * 10) == 2
+    assert admit(adaptive, 0, [2] * 10, backlog=True) == 8
+    assert free_rows(adaptive, 6) == 0 and free_rows(adaptive, 6, backlog=True) == 10
+    assert not P.adaptive and P.rows(backlog=True) == 16  # no backlog size: the tick always
+    assert BatchPolicy(8, 0.0, backlog_rows=4).rows(backlog=True) == 8  # never below the tick
+
+
+def test_best_rows_is_the_smallest_batch_near_the_best_throughput() -> None:
+    cpu = {1: 269.0, 4: 447.0, 16: 580.0, 32: 541.0, 64: 632.0, 128: 561.0, 256: 497.0}
+    assert best_rows(cpu) == 64  # 580 is 8% below the best: not close enough
+    assert best_rows(cpu, tolerance=0.1) == 16
+    assert best_rows(cpu, tolerance=0.0) == 64
+    gpu = {1: 1588.0, 8: 10182.0, 64: 49606.0, 256: 95957.0, 1024: 111764.0, 2048: 111794.0}
+    assert best_rows(gpu) == 1024  # 2048 buys 0.03% more
+    assert tick_rows(gpu) == 1024 and tick_rows(cpu) == 16  # the light-load rule, for contrast
+    with pytest.raises(ValueError):
+        best_rows({})
+    with pytest.raises(ValueError):
+        best_rows(cpu, tolerance=1.0)
 
 
 def test_gathering_stops_when_full_or_timed_out() -> None:

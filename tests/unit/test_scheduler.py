@@ -139,3 +139,30 @@ def test_discard_lets_go_of_lost_handles_running_or_waiting() -> None:
     s.add([("entry-b", job("b")), ("entry-c", job("c"))])
     assert s.discard(lambda h: h in {"entry-a", "entry-c"}) == 2
     assert list(s.running) == [] and [w.job.id for w in s.waiting] == ["b"]
+
+
+def test_a_backlog_grows_the_budget_and_an_empty_queue_shrinks_it_back() -> None:
+    s: Scheduler[str] = Scheduler(BatchPolicy(max_rows=2, max_wait_s=0.0, backlog_rows=6))
+    started(s, job("a"), job("b"))
+    assert s.budget == 2 and s.free_rows() == 0
+    assert s.observe_queue(queued_evaluations=30)  # work waits: the budget grows
+    assert s.backlog and s.budget == 6 and s.free_rows() == 4
+    started(s, *(job(f"q{i}") for i in range(5)))  # 4 of 5 fit the backlog budget
+    assert sorted(s.running) == ["a", "b", "q0", "q1", "q2", "q3"] and len(s.waiting) == 1
+    assert not s.observe_queue(queued_evaluations=0)  # one claimed job still waits here: backlog
+    s.waiting.clear()
+    assert s.observe_queue(queued_evaluations=0)  # nothing waits anywhere: back to the tick
+    assert not s.backlog and s.budget == 2 and s.free_rows() == 0  # 6 rows run on until done
+    s.add([("late", job("late"))])
+    for done in ("a", "b", "q0", "q1", "q2"):
+        s.remove(done)
+    assert [w.job.id for w in s.schedule()] == ["late"]  # 1 + 1 rows: within the tick again
+    assert s.schedule() == []
+
+
+def test_a_policy_without_a_backlog_size_never_switches() -> None:
+    s: Scheduler[str] = Scheduler(BatchPolicy(max_rows=4, max_wait_s=0.0))
+    assert not s.observe_queue(queued_evaluations=1000)
+    assert not s.backlog and s.budget == 4
+    smaller: Scheduler[str] = Scheduler(BatchPolicy(max_rows=4, max_wait_s=0.0, backlog_rows=2))
+    assert not smaller.observe_queue(queued_evaluations=1000) and smaller.budget == 4
