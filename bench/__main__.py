@@ -37,6 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "measured first; "
         "0: the worker measures its own at start-up)",
     )
+    p.add_argument(
+        "--backlog-rows",
+        type=int,
+        default=None,
+        help="the worker's rows per call under a backlog (default: the worker's rule, best_rows, on "
+        "the engine curve; 0 with --max-batch-rows 0: measured by the worker)",
+    )
     p.add_argument("--gateway-processes", type=int, default=1, help="uvicorn processes of both servers")
     p.add_argument("--concurrency", type=int, default=16, help="connections in the gateway benchmark")
     p.add_argument(
@@ -89,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         rows, source = None, "measured by the worker at start-up"
     else:
         rows, source = args.max_batch_rows, "--max-batch-rows"
-    stack = BenchStack(args.threads, rows, args.gateway_processes)
+    backlog = args.backlog_rows
+    if backlog is None and rows is not None:
+        backlog = results.engine.best_rows_rule
+    stack = BenchStack(args.threads, rows, args.gateway_processes, backlog or None)
     api: Api | None = None
     try:
         step("starting the stack")
@@ -99,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         results.worker = {
             "max_batch_rows": stack.tick_rows,
             "max_batch_rows_from": source,
+            "backlog_rows": stack.backlog_rows,
             "max_wait_ms": stack.max_wait_ms,
             "intra_op_threads": args.threads,
             "gateway_processes": args.gateway_processes,
@@ -106,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         step("unloaded overhead")
         results.overhead = measure_overhead(stack, engine, repetitions=5 if quick else 20)
         step("service efficiency")
-        results.service = measure_service(stack, api, engine, min_images=64 if quick else 384)
+        results.service = measure_service(
+            stack, api, engine, min_images=64 if quick else 384, best=results.engine.best
+        )
         step("latency under load")
         results.latency = measure_latency(
             stack,

@@ -29,6 +29,7 @@ class Finished:
     id: str
     status: str
     created_at: float  # server clock (gateway), epoch seconds
+    started_at: float | None  # server clock (worker)
     finished_at: float | None  # server clock (worker)
     total_ms: float | None
     queue_ms: float | None
@@ -41,6 +42,7 @@ class Finished:
             id=view["id"],
             status=view["status"],
             created_at=_epoch(t["created_at"]),
+            started_at=_epoch(t["started_at"]) if t["started_at"] else None,
             finished_at=_epoch(t["finished_at"]) if t["finished_at"] else None,
             total_ms=t["total_ms"],
             queue_ms=t["queue_ms"],

@@ -10,7 +10,7 @@ import numpy as np
 
 from bench.stats import knee
 from model_store.store import ModelStore
-from workers.batching import tick_rows
+from workers.batching import best_rows, tick_rows
 from workers.engine import Engine, EngineOptions, choose_variant, planned_device
 
 MODEL = "mnist-cfg-unet"
@@ -32,6 +32,7 @@ class EngineCurve:
     ms_per_call: dict[int, float]
     knee: int  # smallest batch reaching 95% of the best throughput
     tick_rows_rule: int  # what the worker's own rule (workers.batching.tick_rows) takes from this curve
+    best_rows_rule: int = 0  # the worker's backlog size from this curve (workers.batching.best_rows)
 
     @property
     def best(self) -> tuple[int, float]:
@@ -88,4 +89,5 @@ def measure_curve(
         ms_per_call={s: 1000 * s / r for s, r in best.items()},
         knee=knee(best, 0.95),
         tick_rows_rule=tick_rows(best),
+        best_rows_rule=best_rows(best),
     )

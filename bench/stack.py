@@ -27,6 +27,7 @@ WORKER = "worker"
 FALLBACK_TICK_ROWS = 64  # a worker that does not export its tick size (older code) uses this
 WORKER_SAMPLES = (
     "diffq_worker_tick_rows",
+    "diffq_worker_backlog_rows",
     "diffq_denoiser_call_duration_seconds_sum",
     "diffq_denoiser_call_duration_seconds_count",
     "diffq_batch_rows_sum",
@@ -43,7 +44,13 @@ def batching_modes() -> tuple[str, ...]:
 class BenchStack:
     """Valkey, a gateway and (at most) one worker; ``close`` stops them all."""
 
-    def __init__(self, threads: int, max_batch_rows: int | None, gateway_processes: int) -> None:
+    def __init__(
+        self,
+        threads: int,
+        max_batch_rows: int | None,
+        gateway_processes: int,
+        backlog_rows: int | None = None,
+    ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="diffq-bench-")
         self.dir = Path(self._tmp.name)
         self.valkey_port = free_port()
@@ -51,6 +58,7 @@ class BenchStack:
         self.redis_url = f"redis://127.0.0.1:{self.valkey_port}/0"
         self.threads = threads
         self.max_batch_rows = max_batch_rows  # None: the worker's default (measured at start-up)
+        self.backlog_batch_rows = backlog_rows  # None: the worker's default (the same way)
         self.gateway_processes = gateway_processes
         env = stack_env(
             self.redis_url,
@@ -68,6 +76,7 @@ class BenchStack:
         self.stack = Stack(env=env, logs=self.dir)
         self.worker_mode: str | None = None
         self.tick_rows = max_batch_rows or FALLBACK_TICK_ROWS
+        self.backlog_rows = max(self.tick_rows, backlog_rows or 0)
         self.max_wait_ms: int = WorkerSettings.model_fields["max_wait_ms"].default
 
     @property
@@ -85,23 +94,28 @@ class BenchStack:
         env = {"DIFFQ_BATCHING": batching}
         if self.max_batch_rows:
             env["DIFFQ_MAX_BATCH_ROWS"] = str(self.max_batch_rows)
+        if self.backlog_batch_rows:
+            env["DIFFQ_BACKLOG_BATCH_ROWS"] = str(self.backlog_batch_rows)
         self.stack.start_worker(WORKER, **env)
         url = self.stack.worker_urls[WORKER]
         if not wait_for_http(f"{url}/readyz", 120):
             raise RuntimeError(f"worker not ready: {self.stack.read_log(WORKER)}")
         self.worker_mode = batching
-        rows = self.worker_metrics().get("diffq_worker_tick_rows")
+        metrics = self.worker_metrics()
+        rows = metrics.get("diffq_worker_tick_rows")
         self.tick_rows = int(rows) if rows else self.max_batch_rows or FALLBACK_TICK_ROWS
-        # Later workers (another batching mode) use the same tick, without measuring again.
-        self.max_batch_rows = self.tick_rows
+        self.backlog_rows = int(metrics.get("diffq_worker_backlog_rows") or self.tick_rows)
+        # Later workers (another batching mode) use the same sizes, without measuring again.
+        self.max_batch_rows, self.backlog_batch_rows = self.tick_rows, self.backlog_rows
         self._warm_up()
 
     def _warm_up(self) -> None:
         """A fresh worker's first calls at each batch size are slow (onnxruntime sizes its buffers):
-        a burst of short jobs fills its batch once before anything is measured."""
+        a burst of short jobs fills its batch, at the backlog size, once before anything is
+        measured."""
         api = Api(self.base_url)
         try:
-            jobs = uniform_jobs(max(2, self.tick_rows), "dpmpp_2m", 4, 1.5, seed=7)
+            jobs = uniform_jobs(max(2, self.backlog_rows), "dpmpp_2m", 4, 1.5, seed=7)
             api.wait_all(api.submit_all(jobs))
         finally:
             api.close()

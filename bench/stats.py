@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from workers.batching import best_rows
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100), interpolating linearly between closest ranks
@@ -25,12 +27,9 @@ def median(values: Sequence[float]) -> float:
 
 def knee(curve: Mapping[int, float], fraction: float = 0.95) -> int:
     """The smallest x (batch size) whose y (throughput) reaches ``fraction`` of the best y."""
-    if not curve:
-        raise ValueError("knee of an empty curve")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    best = max(curve.values())
-    return min(x for x, y in curve.items() if y >= fraction * best)
+    return best_rows(curve, tolerance=1 - fraction)
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -53,3 +52,19 @@ def format_ratio(value: float, target: float | None = None, higher_is_better: bo
         return text
     sign = ">=" if higher_is_better else "<="
     return f"{text} ({sign} {target:.2f}x: {verdict(value, target, higher_is_better)})"
+
+
+def work_in_window(runs: Sequence[tuple[float, float, float]], start: float, end: float) -> float:
+    """The work done between ``start`` and ``end`` by jobs that each ran from ``runs[i][0]`` to
+    ``runs[i][1]`` doing ``runs[i][2]`` work at an even pace (a job's steps take equal time:
+    one denoiser call each, all of the same batch)."""
+    if end <= start:
+        raise ValueError(f"an empty window: {start} .. {end}")
+    total = 0.0
+    for began, finished, work in runs:
+        if finished <= began:  # an instant job: all of it at one moment
+            total += work if start <= began <= end else 0.0
+            continue
+        overlap = min(end, finished) - max(start, began)
+        total += work * max(0.0, overlap) / (finished - began)
+    return total

@@ -40,6 +40,12 @@ class WorkerSettings(CommonSettings):
         "throughput-optimal size of the engine curve measured at start-up when max_batch_rows is "
         "0 too, else max_batch_rows (no adaptation). Fixed buckets (one shape per call) turn it off.",
     )
+    overlap_host_work: bool = Field(
+        default=True,
+        description="Run each step's denoiser calls on their own thread while the loop writes "
+        "progress and stores the jobs the step before finished (decoding, PNGs, results, acks), "
+        "so the engine does not wait for Redis; off: one after the other.",
+    )
     batching: Literal["continuous", "request"] = Field(
         default="continuous",
         description="continuous: jobs join the running set between steps; request: a batch runs "

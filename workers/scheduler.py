@@ -100,8 +100,9 @@ class Scheduler(Generic[H]):
 
     # ---- sizes ---------------------------------------------------------------------------
     def rows_running(self) -> int:
-        """Denoiser rows per step of the running jobs (guided images count twice)."""
-        return sum(f.job.request.rows_per_step for f in self.running.values())
+        """Denoiser rows per step of the running jobs still stepping (guided images count
+        twice); a finished job waiting to be stored takes none."""
+        return sum(f.job.request.rows_per_step for f in self.running.values() if not f.done)
 
     def rows_held(self) -> int:
         """Rows of every job held, running or waiting: what claims are sized against."""
@@ -146,10 +147,13 @@ class Scheduler(Generic[H]):
 
     # ---- one step --------------------------------------------------------------------------
     def batch(self) -> Batch:
-        """Every running row, grouped by sample shape: rows of different shapes never share a
-        call. Groups in order of first appearance, rows in job order within a group."""
+        """Every row of the running jobs still stepping, grouped by sample shape: rows of
+        different shapes never share a call. Groups in order of first appearance, rows in job
+        order within a group. Finished jobs (``finished``) are left out."""
         groups: dict[tuple[int, ...], tuple[list[RowState], list[tuple[str, int]]]] = {}
         for job_id, flight in self.running.items():
+            if flight.done:
+                continue
             for i, row in enumerate(flight.rows):
                 rows, slots = groups.setdefault(row.shape, ([], []))
                 rows.append(row)
@@ -170,6 +174,10 @@ class Scheduler(Generic[H]):
                     stepped.add(job_id)
         flights = [self.running[j] for j in self.running if j in stepped]
         return StepResult([f for f in flights if f.done], [f for f in flights if not f.done])
+
+    def finished(self) -> list[InFlight[H]]:
+        """Running jobs whose every image is done, waiting for the driver to store them."""
+        return [f for f in self.running.values() if f.done]
 
     # ---- leaving -----------------------------------------------------------------------------
     def remove(self, job_id: str) -> InFlight[H] | None:

@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,6 +96,9 @@ class Worker:
         self._connected = False  # joined the queue, and Redis answered the last call
         self._outage_started: float | None = None  # monotonic; None while Redis answers
         self._failures = 0  # failed attempts in a row during the current outage
+        # The denoiser thread while ``run`` runs (``overlap_host_work``): calls run there while
+        # this one does the step's Redis work.
+        self._calls: ThreadPoolExecutor | None = None
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self, burst: bool = False) -> None:
@@ -104,6 +108,8 @@ class Worker:
         carries on with what it held (``_resume``).
         """
         log.info("worker started", extra={"worker": self.worker_id, "model": self.model})
+        if self.settings.overlap_host_work:
+            self._calls = ThreadPoolExecutor(1, "denoiser")
         try:
             while True:
                 self.last_tick = time.monotonic()
@@ -127,6 +133,9 @@ class Worker:
                     if not self._back_off(e):
                         break
         finally:
+            if self._calls is not None:
+                self._calls.shutdown(wait=True)
+                self._calls = None
             self._report_in_flight()
             self._leave()
             log.info("worker stopped", extra={"worker": self.worker_id})
@@ -540,7 +549,7 @@ class Worker:
         """Jobs whose deadline passed mid-run stop here (the gateway may have expired them first)."""
         now = time.time()
         for job_id, flight in list(self.scheduler.running.items()):
-            if flight.job.past_deadline(now):
+            if flight.job.past_deadline(now) and not flight.done:  # a finished one is stored
                 self.scheduler.remove(job_id)
                 self._done_with(flight.handle, job_id, finished=self._expire(flight.job, now))
 
@@ -559,40 +568,77 @@ class Worker:
             self._done_with(flight.handle, job_id)
 
     def _step(self) -> None:
-        """One step: schedule's batch, one denoiser call per sample shape, then the update."""
+        """One step: the scheduler's batch, one denoiser call per sample shape, the update.
+
+        With ``overlap_host_work`` the calls run on the denoiser thread (onnxruntime lets go
+        of the GIL), and meanwhile this thread writes progress and stores the jobs the step
+        before finished (decoding, PNGs, results, acks): the engine does not wait for Redis
+        round trips. Finished jobs stay in the running set until stored, so an outage in
+        between leaves them to ``_resume``; the call's own outcome is always applied.
+        """
         started = time.perf_counter()
         batch = self.scheduler.batch()
         stats = self.engine.stats
         rows_before, seconds_before = stats.rows, stats.seconds
-        prediction_type = self.manifest.schedule.prediction_type
-        ran = Batch([], [])  # the groups whose call went through
-        outputs: list[list[RowState]] = []
-        failed: dict[str, str] = {}
-        for group, slots in zip(batch.groups, batch.slots, strict=True):
+        if not batch.groups:  # only finished jobs left to store
+            self._store_finished()
+            return
+        if self._calls is None:
+            calls = self._denoise(batch)
+        else:
+            pending = self._calls.submit(self._denoise, batch)
             try:
-                outputs.append(denoise_step(group, self.engine.run, prediction_type))
-            except Exception as e:  # the model failed: this call's jobs fail, the others go on
-                log.exception("denoiser call failed")
-                failed |= {job_id: f"denoiser call failed: {type(e).__name__}" for job_id, _ in slots}
-                continue
-            ran.groups.append(group)
-            ran.slots.append(slots)
+                self._write_progress()
+                self._store_finished()
+            finally:
+                calls = pending.result()  # never leave the call behind, whatever Redis did
+        ran, outputs, failed = calls
         for job_id, message in failed.items():
             if (flight := self.scheduler.running.get(job_id)) is not None:
                 self._finish_failed(flight, ErrorType.INFERENCE_ERROR, message)
-        result = self.scheduler.update(ran, outputs)
-        now = time.monotonic()  # the finished jobs' steps go with their results
-        if result.continuing and now - self._last_progress >= self.settings.progress_interval_ms / 1000:
-            self._cancel_flags = self.store.set_progress({f.job.id: f.step for f in result.continuing})
-            self._last_progress = now
-        if result.finished:
-            self._finish_succeeded(*result.finished)
+        self.scheduler.update(ran, outputs)
+        if self._calls is None:
+            self._write_progress()
+            self._store_finished()
         self._metrics.step(
             batch.rows,
             stats.rows - rows_before,
             stats.seconds - seconds_before,
             time.perf_counter() - started,
         )
+
+    def _denoise(self, batch: Batch) -> tuple[Batch, list[list[RowState]], dict[str, str]]:
+        """The batch's denoiser calls, one per sample shape: the groups whose call went
+        through, their rows one step on, and a failure message for each job of a failed call
+        (the model failed: that call's jobs fail, the others go on). No Redis: this may run
+        on the denoiser thread."""
+        prediction_type = self.manifest.schedule.prediction_type
+        ran = Batch([], [])
+        outputs: list[list[RowState]] = []
+        failed: dict[str, str] = {}
+        for group, slots in zip(batch.groups, batch.slots, strict=True):
+            try:
+                outputs.append(denoise_step(group, self.engine.run, prediction_type))
+            except Exception as e:
+                log.exception("denoiser call failed")
+                failed |= {job_id: f"denoiser call failed: {type(e).__name__}" for job_id, _ in slots}
+                continue
+            ran.groups.append(group)
+            ran.slots.append(slots)
+        return ran, outputs, failed
+
+    def _write_progress(self) -> None:
+        """The stepping jobs' steps (at most every ``progress_interval_ms``), and with them the
+        cancels requested (``_drop_cancelled`` acts on them)."""
+        stepping = [f for f in self.scheduler.running.values() if not f.done]
+        now = time.monotonic()
+        if stepping and now - self._last_progress >= self.settings.progress_interval_ms / 1000:
+            self._cancel_flags = self.store.set_progress({f.job.id: f.step for f in stepping})
+            self._last_progress = now
+
+    def _store_finished(self) -> None:
+        if done := self.scheduler.finished():
+            self._finish_succeeded(*done)
 
     def _finish_succeeded(self, *flights: Flight) -> None:
         """Images with the status, then the ack: each job succeeds once, with one set of images.

@@ -166,3 +166,17 @@ def test_a_policy_without_a_backlog_size_never_switches() -> None:
     assert not s.backlog and s.budget == 4
     smaller: Scheduler[str] = Scheduler(BatchPolicy(max_rows=4, max_wait_s=0.0, backlog_rows=2))
     assert not smaller.observe_queue(queued_evaluations=1000) and smaller.budget == 4
+
+
+def test_finished_jobs_wait_to_be_stored_outside_the_batch_and_the_budget() -> None:
+    s: Scheduler[str] = Scheduler(BatchPolicy(4, 0.0))
+    short, long = job("short", steps=1), job("long", steps=3)
+    started(s, short, long)
+    batch = s.batch()
+    step = s.update(batch, [denoise_step(g, stand_in, "epsilon") for g in batch.groups])
+    assert [f.job.id for f in step.finished] == ["short"]
+    assert [f.job.id for f in s.finished()] == ["short"]  # still held until the driver stores it
+    assert s.rows_running() == 1 and s.free_rows() == 3  # its row is free for a newcomer
+    assert [slot for slots in s.batch().slots for slot in slots] == [("long", 0)]  # not stepped again
+    s.remove("short")
+    assert s.finished() == []
