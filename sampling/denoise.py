@@ -9,7 +9,6 @@ depends only on its own parameters, never on what else is in the batch.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -157,17 +156,24 @@ def advance(
     """Apply each row's own update to its (guided) model output; returns the rows one step on."""
     coefs = StepCoefficients.gather([r.plan for r in rows], [r.step for r in rows])
     # Each row draws noise from its own generator, and only on steps that use it.
-    noise = np.stack(
-        [
-            r.rng.standard_normal(r.x.shape) if r.plan.needs_noise(r.step) else np.zeros(r.x.shape)
-            for r in rows
-        ]
-    )
+    noisy = [r.plan.needs_noise(r.step) for r in rows]
+    if any(noisy):
+        noise = np.stack(
+            [
+                r.rng.standard_normal(r.x.shape) if n else np.zeros(r.x.shape)
+                for r, n in zip(rows, noisy, strict=True)
+            ]
+        )
+    else:  # deterministic samplers (the default): no draw, one array of zeros
+        noise = np.zeros((len(rows), *rows[0].x.shape))
     x_prev = np.stack([r.x0_prev for r in rows])
     x_next, x0 = apply_update(
         np.stack([r.x for r in rows]), model_output, x_prev, noise, coefs, prediction_type
     )
-    return [dataclasses.replace(r, step=r.step + 1, x=x_next[i], x0_prev=x0[i]) for i, r in enumerate(rows)]
+    return [
+        RowState(r.plan, r.condition, r.guidance_scale, r.step + 1, x_next[i], x0[i], r.rng)
+        for i, r in enumerate(rows)
+    ]
 
 
 def denoise_step(rows: Sequence[RowState], model: ModelFn, prediction_type: PredictionType) -> list[RowState]:

@@ -140,12 +140,13 @@ def apply_update(
     x0, eps = split_prediction(
         x64, model_output.astype(np.float64), per_row(coefs.alpha), per_row(coefs.sigma), prediction_type
     )
-    x0 = np.where(per_row(coefs.clip_x0), np.clip(x0, -1.0, 1.0), x0)
-    x_next = (
-        per_row(coefs.c_x) * x64
-        + per_row(coefs.c_x0) * x0
-        + per_row(coefs.c_x0_prev) * x0_prev
-        + per_row(coefs.c_eps) * eps
-        + per_row(coefs.c_noise) * noise
-    )
+    if coefs.clip_x0.any():
+        x0 = np.where(per_row(coefs.clip_x0), np.clip(x0, -1.0, 1.0), x0)
+    x_next = per_row(coefs.c_x) * x64 + per_row(coefs.c_x0) * x0
+    # The other terms in order, each left out where every row's coefficient is zero: adding
+    # a zero product changes no value (at most the sign of a zero), and skipping it saves two
+    # passes over the batch (DPM-Solver++ has no eps or noise term, DDIM no previous x0).
+    for c, term in ((coefs.c_x0_prev, x0_prev), (coefs.c_eps, eps), (coefs.c_noise, noise)):
+        if c.any():
+            x_next += per_row(c) * term
     return x_next.astype(np.float32), x0
