@@ -583,20 +583,25 @@ class Worker:
         if not batch.groups:  # only finished jobs left to store
             self._store_finished()
             return
+        fault: BaseException | None = None
         if self._calls is None:
-            calls = self._denoise(batch)
+            ran, outputs, failed = self._denoise(batch)
         else:
             pending = self._calls.submit(self._denoise, batch)
             try:
                 self._write_progress()
                 self._store_finished()
-            finally:
-                calls = pending.result()  # never leave the call behind, whatever Redis did
-        ran, outputs, failed = calls
+            except BaseException as e:  # raised once the call's rows are kept, below
+                fault = e
+            ran, outputs, failed = pending.result()
+        # The rows one step on, whatever Redis did meanwhile: their generators have drawn this
+        # step's noise, so running the step again would give other images for the same seeds.
+        self.scheduler.update(ran, outputs)
+        if fault is not None:
+            raise fault
         for job_id, message in failed.items():
             if (flight := self.scheduler.running.get(job_id)) is not None:
                 self._finish_failed(flight, ErrorType.INFERENCE_ERROR, message)
-        self.scheduler.update(ran, outputs)
         if self._calls is None:
             self._write_progress()
             self._store_finished()
