@@ -39,6 +39,9 @@ SCRIPT_COMMANDS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_r
 NOT_COUNTED = ("info",)  # the benchmark's own reads of the counters
 FINISHED = "diffq_jobs_finished_total"
 POLL_SECONDS = 0.05
+# Closed-loop clients end to end: the gateway's default DIFFQ_MAX_WAITERS_PER_KEY (more waiting
+# requests of one key are refused with 429).
+END_TO_END_CLIENTS = 32
 
 
 @dataclass(frozen=True)
