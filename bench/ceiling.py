@@ -27,7 +27,7 @@ import redis
 from bench.client import Api
 from bench.simulated import H200_CURVE, ROUND_TRIPS_EVERY
 from bench.stack import WORKER, BenchStack
-from bench.stats import ratio
+from bench.stats import median, ratio
 from bench.workload import Request, uniform_jobs
 from diffq.jobs import Job, Status
 from diffq.store import RedisStore
@@ -74,6 +74,7 @@ class Drain:
     startup_commands: int  # commands of a worker starting on an empty queue, left out
     top_commands: tuple[tuple[str, int], ...]  # the most called, with their counts
     ping_per_second: float  # sequential PING round trips from one client, same Valkey, same run
+    ping_range: tuple[float, float]  # the slowest and fastest of its windows, before and after
     engine: EngineShare | None
 
     @property
@@ -264,11 +265,13 @@ def measure_drain(
 ) -> Drain:
     """``jobs`` one-image ``job`` (sampler, steps, guidance) jobs submitted over HTTP with no
     worker running, then drained by one worker on the simulated ``device``; the worker is left
-    running, idle."""
+    running, idle. ``ping_seconds``: PINGs timed for that long (half before the drain, half
+    after), and the idle stack's own commands counted for that long before it."""
     sampler, steps, guidance = job
     stack.stop_worker()
     work = uniform_jobs(jobs, sampler, steps, guidance, seed=2000)
     ids = api.submit_all(work)
+    pings = ping_rates(client, ping_seconds / 2)  # before the drain, and after it (below)
     began = time.monotonic()
     before = command_calls(client.info("commandstats"))
     time.sleep(ping_seconds)  # what the idle stack sends meanwhile (the gateway's own calls)
@@ -309,7 +312,8 @@ def measure_drain(
         background_commands=background,
         startup_commands=startup.commands,
         top_commands=tuple(sorted(calls.items(), key=lambda kv: -kv[1])[:8]),
-        ping_per_second=ping_rate(client, ping_seconds),
+        ping_per_second=median(pings := pings + ping_rates(client, ping_seconds / 2)),
+        ping_range=(min(pings), max(pings)),
         engine=_engine(metrics),
     )
 
@@ -379,6 +383,12 @@ def measure_simulated(
         engine=_engine(after, before),
         drain=drain,
     )
+
+
+def ping_rates(client: Any, seconds: float, windows: int = 5) -> list[float]:
+    """Sequential PING round trips per second from one redis-py client, in ``windows`` windows
+    of ``seconds / windows`` (the rate moves with what else the two cores run)."""
+    return [ping_rate(client, seconds / windows) for _ in range(windows)]
 
 
 def ping_rate(client: Any, seconds: float) -> float:

@@ -156,6 +156,7 @@ def _drain(**changes: object) -> Drain:
         "startup_commands": 20,
         "top_commands": (("hset", 10_000),),
         "ping_per_second": 10_000.0,
+        "ping_range": (9_000.0, 11_000.0),
         "engine": EngineShare(0.01, 125, 8000),
     }
     return Drain(**(values | changes))  # type: ignore[arg-type]
