@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.ceiling import END_TO_END_CLIENTS, measure_ceiling, measure_simulated
 from bench.client import Api
 from bench.engine import curve_sizes, load_engine, measure_curve
 from bench.gateway import measure_gateway
@@ -138,6 +139,20 @@ def main(argv: list[str] | None = None) -> int:
         if api is not None:
             api.close()
         stack.close()
+    # A fresh stack: the gateway rounds left thousands of jobs queued in the first one.
+    step("zero-cost ceiling")
+    sim = BenchStack(args.threads, stack.tick_rows, args.gateway_processes)
+    try:
+        sim.start_gateway()
+        results.ceiling = measure_ceiling(
+            sim, jobs=500 if quick else 3000, clients=END_TO_END_CLIENTS, seconds=2 if quick else 8
+        )
+        step("simulated device")
+        results.simulated = measure_simulated(
+            sim, jobs=800 if quick else 6000, drain_jobs=800 if quick else 3000
+        )
+    finally:
+        sim.close()
     step("pipeline stages")
     try:
         results.stages = measure_stages(args.threads, quick, args.seed)

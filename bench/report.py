@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+from bench.ceiling import Ceiling, Drain, SimulatedDevice
 from bench.engine import EngineCurve
 from bench.gateway import GatewayThroughput
 from bench.inprocess import QUIET_SECONDS, REST
@@ -26,6 +27,7 @@ from bench.stages import PipelineStages, denoiser_share
 from bench.stats import format_ratio, verdict
 
 TARGETS = {"service": 0.95, "p99": 0.6, "capacity": 1.0, "overhead_ms": 10.0, "gateway": 0.7}
+TARGETS |= {"ping_per_job": 2.0, "simulated": 0.9}  # issue 14: throughput at saturation
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Results:
     gateway: GatewayThroughput | None = None
     stages: PipelineStages | None = None
     stages_missing: str = ""  # why the pipeline stages were not measured
+    ceiling: Ceiling | None = None  # 7: the worker around a zero-cost denoiser
+    simulated: SimulatedDevice | None = None  # 8: the worker around the H200 curve
 
 
 def write_report(results: Results, out: Path, plots: Path) -> None:
@@ -86,7 +90,7 @@ def render(r: Results, images: dict[str, str]) -> str:
             "",
         ]
     lines += _summary(r) + _machine(r) + _engine(r, images) + _service(r) + _latency(r, images)
-    lines += _overhead(r) + _gateway(r) + _stages(r, images) + _reproduce()
+    lines += _overhead(r) + _gateway(r) + _stages(r, images) + _ceiling(r) + _simulated(r) + _reproduce()
     return "\n".join(lines)
 
 
@@ -128,6 +132,7 @@ def _summary(r: Results) -> list[str]:
                 "-",
             )
         )
+    rows += _simulated_summary(r)
     out = ["## Summary", "", "| figure | measured | target | |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return [*out, ""]
@@ -409,6 +414,134 @@ def render_stages(p: PipelineStages) -> list[str]:
         "worker adds those.",
         "",
     ]
+    return out
+
+
+def _simulated_summary(r: Results) -> list[tuple[str, str, str, str]]:
+    rows = []
+    if r.ceiling:
+        d, e = r.ceiling.drain, r.ceiling.end_to_end
+        p = d.ping_per_job
+        rows.append(
+            (
+                "7. zero-cost worker: drain cost per job in PING round trips",
+                f"{p:.1f} ({d.jobs_per_second:.0f} jobs/s)",
+                "<= 2",
+                _v(p, "ping_per_job", False),
+            )
+        )
+        rows.append(
+            ("7. zero-cost worker, end to end over HTTP", f"{e.jobs_per_second:.0f} jobs/s", "-", "-")
+        )
+    if r.simulated:
+        f = r.simulated.efficiency
+        rows.append(
+            ("8. simulated H200: service / engine best rows/s", _x(f), ">= 0.90x", _v(f, "simulated", True))
+        )
+    return rows
+
+
+def _drain_rows(d: Drain) -> list[str]:
+    trips = "n/a" if d.round_trips_per_job is None else f"{d.round_trips_per_job:.2f}"
+    sent = "n/a" if d.worker_commands_per_job is None else f"{d.worker_commands_per_job:.2f}"
+    return [
+        f"| jobs drained | {d.jobs - d.failed} of {d.jobs} in {d.seconds:.2f} s |",
+        f"| jobs/s | **{d.jobs_per_second:.0f}** |",
+        f"| image-steps/s | {d.image_steps_per_second:.0f} |",
+        f"| denoiser rows/s | {d.rows_per_second:.0f} |",
+        f"| worker requests to Valkey per job (a pipeline or script call is one) | {trips} |",
+        f"| commands in them per job | {sent} |",
+        f"| of which script calls (EVALSHA/FCALL) per job | {d.script_calls_per_job:.2f} |",
+        f"| commands Valkey executed per job (scripts' own calls included) | {d.commands_per_job:.1f} |",
+        f"| sequential PING round trips/s, one client (median; slowest and fastest window) | "
+        f"{d.ping_per_second:.0f} ({d.ping_range[0]:.0f} to {d.ping_range[1]:.0f}) |",
+        f"| drain cost per job in PING round trips | **{d.ping_per_job:.1f}** |",
+        "| in denoiser calls | "
+        + (
+            f"{d.engine.seconds:.2f} s, {d.engine.calls} calls, "
+            f"{d.engine.rows / d.engine.calls:.1f} rows per call |"
+            if d.engine and d.engine.calls
+            else "n/a |"
+        ),
+    ]
+
+
+def _ceiling(r: Results) -> list[str]:
+    c = r.ceiling
+    if c is None:
+        return []
+    d, e = c.drain, c.end_to_end
+    top = ", ".join(f"{name} {n / d.jobs:.1f}" for name, n in d.top_commands)
+    return [
+        "## 7. Zero-cost ceiling",
+        "",
+        "The real worker process (`workers.main.run_worker`, via `python -m bench.simulated_worker "
+        "--device zero`) with a denoiser that costs nothing (`bench.simulated`: one multiply, the "
+        f"model's shapes and dtype). {d.jobs} one-image jobs ({d.sampler}, {d.steps} steps, guidance "
+        f"{d.guidance_scale}: {d.rows_per_job} row per image) submitted over HTTP with no worker "
+        f"running, then drained by one worker with {d.max_batch_rows} rows per call; timed from the "
+        "first job's `started_at` to the last one's `finished_at`. Valkey's commands are `INFO "
+        "commandstats` deltas over the drain, the INFO calls, a worker's start-up "
+        f"({d.startup_commands} commands, measured on an empty queue) and the idle stack's own "
+        f"({d.background_commands}) left out; the worker's requests are counted on its redis-py "
+        "connections. PING round trips: one redis-py client, one PING at a time, on the same "
+        "Valkey, in short windows, half before the drain and half after it.",
+        "",
+        "| | |",
+        "|---|---:|",
+        *_drain_rows(d),
+        "",
+        f"Commands per job, the most called: {top}.",
+        "",
+        f"Drain cost: **{d.ping_per_job:.1f} PING round trips per job** "
+        f"({verdict(d.ping_per_job, TARGETS['ping_per_job'], False)}: <= 2).",
+        "",
+        f"End to end: {e.clients} clients in closed loop, each submitting one such job with "
+        f"`Prefer: wait` and waiting for it, {e.seconds:.0f} s: **{e.jobs_per_second:.0f} jobs/s**"
+        + (f" ({e.other} answers were not a success)." if e.other else "."),
+        "",
+    ]
+
+
+def _simulated(r: Results) -> list[str]:
+    s = r.simulated
+    if s is None:
+        return []
+    curve = ", ".join(f"{size}: {rate:,.0f}" for size, rate in sorted(s.curve.items()))
+    engine = (
+        f"{s.engine.seconds:.2f} s in denoiser calls ({s.engine.seconds / s.seconds:.0%} of the wall time), "
+        f"{s.engine.calls} calls, {s.engine.rows / s.engine.calls:.1f} rows per call"
+        if s.engine and s.engine.calls
+        else "denoiser calls not exported"
+    )
+    out = [
+        "## 8. Simulated device (H200 curve)",
+        "",
+        "The real worker with a denoiser that replays mnist-cfg-unet's measured H200 curve "
+        "(BENCHMARKS-GPU.md, "
+        f"ort CUDA fp16, CUDA graph per bucket; rows per call: rows/s {{{curve}}}): a call of B rows "
+        "sleeps B / rate(B), linear in rows between measured sizes, and reports device `cuda`. "
+        f"{s.max_batch_rows} rows per call (the worker's rule, `workers.batching.tick_rows`, on that curve). "
+        f"{s.jobs} one-image jobs of the model's defaults ({s.sampler}, {s.steps} steps, guidance "
+        f"{s.guidance_scale}: {s.rows_per_job} rows per image) submitted over HTTP by 4 client threads "
+        "while the worker runs, first submit to last `finished_at`.",
+        "",
+        f"Service: {s.jobs - s.failed} jobs in {s.seconds:.2f} s, **{s.rows_per_second:,.0f} rows/s** "
+        f"({s.image_steps_per_second:,.0f} image-steps/s); {engine}. Against the simulated engine's best, "
+        f"{s.best_rows_per_second:,.0f} rows/s: **{format_ratio(s.efficiency, TARGETS['simulated'])}**.",
+        "",
+    ]
+    if s.drain is not None:
+        d = s.drain
+        out += [
+            f"The same worker alone, draining {d.jobs} such jobs prefilled over HTTP (as in 7): "
+            f"{d.rows_per_second / s.best_rows_per_second:.2f}x of the engine's best.",
+            "",
+            "| | |",
+            "|---|---:|",
+            *_drain_rows(d),
+            "",
+        ]
     return out
 
 

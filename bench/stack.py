@@ -109,6 +109,26 @@ class BenchStack:
         self.max_batch_rows, self.backlog_batch_rows = self.tick_rows, self.backlog_rows
         self._warm_up()
 
+    def start_simulated_worker(self, device: str, **env: str) -> None:
+        """A worker on a simulated denoiser (``python -m bench.simulated_worker``, see
+        ``bench.simulated``) in the worker's place, started but not waited for (on a backlog it
+        drains at once); ``env`` adds to the stack's environment (``DIFFQ_MAX_BATCH_ROWS`` defaults
+        to the stack's tick)."""
+        self.stop_worker()
+        port = free_port()
+        self.stack.worker_urls[WORKER] = f"http://127.0.0.1:{port}"
+        args = [sys.executable, "-m", "bench.simulated_worker", "--device", device, "--name", WORKER]
+        env = {"DIFFQ_WORKER_PORT": str(port), "DIFFQ_MAX_BATCH_ROWS": str(self.tick_rows), **env}
+        with (self.dir / f"{WORKER}.log").open("wb") as log:  # the child keeps its own copy
+            self.stack.procs[WORKER] = subprocess.Popen(
+                args, env={**self.stack.env, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            )
+        self.worker_mode = f"simulated {device}"
+
+    def wait_worker_ready(self, timeout: float = 120) -> None:
+        if not wait_for_http(f"{self.stack.worker_urls[WORKER]}/readyz", timeout):
+            raise RuntimeError(f"worker not ready: {self.stack.read_log(WORKER)}")
+
     def _warm_up(self) -> None:
         """A fresh worker's first calls at each batch size are slow (onnxruntime sizes its buffers):
         a burst of short jobs fills its batch, at the backlog size, once before anything is
