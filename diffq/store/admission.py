@@ -59,7 +59,9 @@ class QueueStats:
 # with the same idempotency key; take a token from the owner's bucket; refuse when the owner
 # holds its limit of unfinished jobs or of waiting work, or the model's waiting work would pass
 # its bound; else write the record, place it in the fair order, count its work, announce it
-# to busy workers, remember the idempotency key, and answer with its queue position. The
+# to busy workers when the model's queue was empty (a worker whose last claim found jobs
+# left claims again anyway: one announcement per job would cost every worker a read per job),
+# remember the idempotency key, and answer with its queue position. The
 # bucket uses the server's clock, so gateways agree. The tail: KEYS, the waiting sets of higher
 # priorities (for the position); ARGV, the record's field/value pairs.
 SUBMIT = Script(
@@ -131,7 +133,7 @@ redis.call('ZADD', since, math.floor(tonumber(now) * 1000), job_id)
 redis.call('ZADD', inflight, now, job_id)
 redis.call('INCRBY', model_work, n)
 redis.call('INCRBY', owner_work, n)
-redis.call('PUBLISH', new_work_channel, job_id)
+if queued == 0 then redis.call('PUBLISH', new_work_channel, job_id) end
 if use_idempotency == '1' then redis.call('SET', idempotency, job_id .. ' ' .. fingerprint, 'EX', ttl) end
 local position = redis.call('ZRANK', waiting, job_id) + 1
 for i = more_keys, #KEYS do position = position + redis.call('ZCARD', KEYS[i]) end

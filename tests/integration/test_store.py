@@ -231,6 +231,16 @@ def test_submissions_are_announced_to_subscribed_workers(store: RedisStore) -> N
             time.sleep(0.001)
         assert not news.arrived()  # drained
         assert not other.arrived()  # per model
+        # Into a queue that is not empty: no news, the workers know jobs wait. Once it is
+        # empty again, the next submission is news.
+        store.submit(new_job())
+        assert len(store.claim(MODEL, "w", 5)) == 2
+        time.sleep(0.05)
+        assert not news.arrived()
+        store.submit(new_job())
+        while not news.arrived():
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
     finally:
         news.close()
         other.close()
