@@ -220,9 +220,9 @@ def measure_ceiling(
     api = Api(stack.base_url)
     try:
         startup = startup_cost(stack, client)
-        drain = measure_drain(
-            stack, client, api, "zero", ZERO_JOB, jobs, stack.tick_rows, startup, ping_seconds
-        )
+        # Rows per call 0: the worker measures its (simulated) engine's curve and sizes its
+        # batches from it, as it would on real hardware.
+        drain = measure_drain(stack, client, api, "zero", ZERO_JOB, jobs, 0, startup, ping_seconds)
         sampler, steps, guidance = ZERO_JOB
         end_to_end = measure_end_to_end(api, clients, seconds, Request(sampler, steps, 3, guidance, 1))
     finally:
@@ -264,7 +264,8 @@ def measure_drain(
     ping_seconds: float = 1.0,
 ) -> Drain:
     """``jobs`` one-image ``job`` (sampler, steps, guidance) jobs submitted over HTTP with no
-    worker running, then drained by one worker on the simulated ``device``; the worker is left
+    worker running, then drained by one worker on the simulated ``device`` (at most
+    ``max_batch_rows`` rows per call; 0: the worker's own sizes from its curve); the worker is left
     running, idle. ``ping_seconds``: PINGs timed for that long (half before the drain, half
     after), and the idle stack's own commands counted for that long before it."""
     sampler, steps, guidance = job
@@ -302,7 +303,7 @@ def measure_drain(
         steps=steps,
         guidance_scale=guidance,
         rows_per_job=work[0].rows_per_step,
-        max_batch_rows=max_batch_rows,
+        max_batch_rows=int(metrics.get("diffq_worker_backlog_rows") or max_batch_rows),
         seconds=seconds,
         failed=failed,
         commands=sum(calls.values()) - background - startup.commands,

@@ -23,9 +23,10 @@ class NewWork:
     round trip per step, which on fast hardware is a large part of a step. The submit script
     publishes a new entry on the model's channel when the model's queue was empty (only a
     worker whose claim found it empty waits for news; one that found jobs left claims again
-    at its next free row), and ``arrived`` only reads what this connection already received. Announcements are a hint, never the queue itself: one
-    missed (a reconnect, a subscription not yet active) only delays a claim until the
-    worker's periodic look at the queue.
+    at its next free row), and ``arrived`` only reads what this connection already received.
+    Announcements are a hint, never the queue itself: one missed (a reconnect, a
+    subscription not yet active) only delays a claim until the worker's periodic look at the
+    queue.
     """
 
     def __init__(self, pubsub: Any) -> None:
