@@ -21,7 +21,7 @@ from typing import Any
 import redis.connection
 
 from bench.simulated import DEVICES, ROUND_TRIPS_EVERY, simulated
-from diffq.cli import _settings
+from diffq.cli import load_settings
 from workers.config import WorkerSettings
 from workers.main import run_worker
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     if out := os.environ.get("BENCH_ROUND_TRIPS_FILE"):
         RoundTrips().write_every(Path(out), ROUND_TRIPS_EVERY)
     overrides = {k: v for k, v in (("worker_id", args.name), ("model", args.model)) if v}
-    settings = _settings(WorkerSettings, **overrides)
+    settings = load_settings(WorkerSettings, **overrides)
     profile_to = os.environ.get("BENCH_PROFILE")
     profiler = cProfile.Profile() if profile_to else None
     if profiler is not None:

@@ -82,18 +82,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         from diffq.serve import ServeSettings, serve
 
-        sys.exit(serve(_settings(ServeSettings)))
+        sys.exit(serve(load_settings(ServeSettings)))
     elif args.command == "gateway":
         from service.config import GatewaySettings
         from service.main import run_gateway
 
-        run_gateway(_settings(GatewaySettings))
+        run_gateway(load_settings(GatewaySettings))
     elif args.command == "worker":
         from workers.config import WorkerSettings
         from workers.main import run_worker
 
         overrides = {k: v for k, v in (("worker_id", args.name), ("model", args.model)) if v}
-        run_worker(_settings(WorkerSettings, **overrides), burst=args.burst)
+        run_worker(load_settings(WorkerSettings, **overrides), burst=args.burst)
     elif args.command == "submit":
         from diffq.client import submit
 
@@ -139,7 +139,7 @@ def _dead_letters(model: str, count: int) -> int:
     from diffq.settings import CommonSettings
     from diffq.store import RedisStore
 
-    settings = _settings(CommonSettings)
+    settings = load_settings(CommonSettings)
     store = RedisStore(settings.redis_url, settings.key_prefix, timeout=settings.redis_timeout_seconds)
     try:
         for letter in store.dead_letters(model, max(1, count)):
@@ -152,7 +152,7 @@ def _dead_letters(model: str, count: int) -> int:
     return 0
 
 
-def _settings(cls: Callable[..., S], **overrides: Any) -> S:
+def load_settings(cls: Callable[..., S], **overrides: Any) -> S:
     """A process's settings, or a short message and exit status 2 for invalid ones (values
     are never echoed: the settings hide their input in errors, secrets included)."""
     from pydantic import ValidationError
