@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
-# "flow": a rectified-flow model's velocity v = eps - x0 (see ``sampling.plan.split_prediction``).
+# "flow": a rectified-flow model's velocity v = eps - x0 (see ``sampling.plan.predict_x0``).
 PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
 
 
