@@ -8,13 +8,22 @@ import sys
 import time
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_ENCODE = json.JSONEncoder(default=str).encode  # built once: json.dumps(default=...) builds one per call
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._time = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # a worker logs thousands of lines a second: format each second once
+            self._second, self._time = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         out = {
             "ts": round(record.created, 3),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+            "time": self._time,
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -22,7 +31,7 @@ class JsonFormatter(logging.Formatter):
         out.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return _ENCODE(out)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -31,3 +40,9 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The lines carry none of the caller's file, thread or process: don't look them up for
+    # every record (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

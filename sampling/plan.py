@@ -41,6 +41,7 @@ class StepPlan:
     clip_x0: bool
     init_scale: float  # initial latent = init_scale * N(0, I)
     table: np.ndarray = field(init=False, repr=False)  # [n, 8]: COEFFICIENTS and clip_x0
+    num_steps: int = field(init=False)  # read for every row at every step: kept, not counted
 
     def __post_init__(self) -> None:
         n = len(self.timesteps)
@@ -56,10 +57,7 @@ class StepPlan:
         table = np.concatenate([table, np.full((n, 1), float(self.clip_x0))], axis=1)
         table.setflags(write=False)
         object.__setattr__(self, "table", table)
-
-    @property
-    def num_steps(self) -> int:
-        return len(self.timesteps)
+        object.__setattr__(self, "num_steps", n)
 
     def needs_noise(self, step: int) -> bool:
         """Whether this step draws fresh noise (so a row draws from its generator only then)."""

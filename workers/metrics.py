@@ -130,8 +130,11 @@ class WorkerMetrics:
         self._batch_rows = self.batch_rows.labels(m)
         self._images = self.images.labels(m)
         self._busy = self.busy.labels(m)
-        for status in (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED):
-            self.finished.labels(m, status.value)  # exported at 0 from the start
+        self._duration = {phase: self.duration.labels(m, phase) for phase in ("queue", "run", "total")}
+        self._finished = {  # exported at 0 from the start
+            status: self.finished.labels(m, status.value)
+            for status in (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+        }
         for error_type in ErrorType:
             self.errors.labels(m, error_type.value)
         for counter in (self.retries, self.reclaims, self.dead_letters, self.images, self.busy):
@@ -171,20 +174,20 @@ class WorkerMetrics:
     def started(self, job: Job) -> None:
         """``job`` just moved to running."""
         if job.queue_seconds is not None:
-            self.duration.labels(self.model, "queue").observe(max(0.0, job.queue_seconds))
+            self._duration["queue"].observe(max(0.0, job.queue_seconds))
         if job.attempts > 1:
             self.retries.labels(self.model).inc()
 
     def finished_job(self, job: Job) -> None:
         """``job`` just reached a terminal status (as stored by this worker)."""
-        self.finished.labels(self.model, job.status.value).inc()
+        self._finished[job.status].inc()
         if job.status == Status.SUCCEEDED:
             self._images.inc(job.image_count)
         if job.error is not None:
             self.errors.labels(self.model, job.error.type).inc()
         for phase, seconds in (("run", job.run_seconds), ("total", job.total_seconds)):
             if seconds is not None and job.status in (Status.SUCCEEDED, Status.FAILED):
-                self.duration.labels(self.model, phase).observe(max(0.0, seconds))
+                self._duration[phase].observe(max(0.0, seconds))
 
     def reclaimed(self, count: int) -> None:
         self.reclaims.labels(self.model).inc(count)

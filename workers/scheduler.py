@@ -41,10 +41,12 @@ class InFlight(Generic[H]):
     job: Job
     handle: H
     rows: list[RowState]
+    rows_per_step: int = field(init=False)  # the job's denoiser rows per step, read once
+    done: bool = field(init=False)  # every image done; kept by ``Scheduler.update``
 
-    @property
-    def done(self) -> bool:
-        return all(r.done for r in self.rows)
+    def __post_init__(self) -> None:
+        self.rows_per_step = self.job.request.rows_per_step
+        self.done = all(r.done for r in self.rows)
 
     @property
     def step(self) -> int:
@@ -102,7 +104,7 @@ class Scheduler(Generic[H]):
     def rows_running(self) -> int:
         """Denoiser rows per step of the running jobs still stepping (guided images count
         twice); a finished job waiting to be stored takes none."""
-        return sum(f.job.request.rows_per_step for f in self.running.values() if not f.done)
+        return sum(f.rows_per_step for f in self.running.values() if not f.done)
 
     def rows_held(self) -> int:
         """Rows of every job held, running or waiting: what claims are sized against."""
@@ -173,6 +175,8 @@ class Scheduler(Generic[H]):
                     flight.rows[i] = row
                     stepped.add(job_id)
         flights = [self.running[j] for j in self.running if j in stepped]
+        for f in flights:
+            f.done = all(r.done for r in f.rows)
         return StepResult([f for f in flights if f.done], [f for f in flights if not f.done])
 
     def finished(self) -> list[InFlight[H]]:

@@ -22,16 +22,20 @@ def pairs(flat: list[Any]) -> dict[bytes, bytes]:
 
 
 def encode(job: Job) -> dict[str, str]:
-    d: dict[str, str] = {
+    return {
         "request": json.dumps(job.request.to_dict()),
         "status": job.status.value,
         "created_at": repr(job.created_at),
-        "step": str(job.step),
-        "attempts": str(job.attempts),
-        "image_count": str(job.image_count),
         "owner": job.owner,
         "work": str(job.request.evaluations),
+        **mutable_fields(job),
     }
+
+
+def mutable_fields(job: Job) -> dict[str, str]:
+    """The ``MUTABLE_FIELDS`` of ``encode(job)`` that the job has (a transition compares only
+    these: no need to serialize the request twice per change)."""
+    d = {"step": str(job.step), "attempts": str(job.attempts), "image_count": str(job.image_count)}
     if job.started_at is not None:
         d["started_at"] = repr(job.started_at)
     if job.finished_at is not None:

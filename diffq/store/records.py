@@ -12,7 +12,7 @@ import redis.asyncio.retry
 import redis.backoff
 
 from diffq.jobs import Job
-from diffq.store.codec import MUTABLE_FIELDS, decode, encode, text
+from diffq.store.codec import MUTABLE_FIELDS, decode, mutable_fields, text
 from diffq.store.connection import CLIENT_OPTIONS, Connection
 from diffq.store.faults import unavailable
 from diffq.store.feeds import DoneFeed
@@ -154,7 +154,7 @@ class JobRecords(Connection):
         return [r is not None and text(r) == "OK" for r in replies]
 
     def _transition(self, script: Script, before: Job, after: Job, pngs: Sequence[bytes] = ()) -> Call:
-        changed, old = encode(after), encode(before)
+        changed, old = mutable_fields(after), mutable_fields(before)
         fields: list[Any] = []
         for name in MUTABLE_FIELDS:
             # A record names the worker that made its last change even where the caller's copy
