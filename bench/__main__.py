@@ -6,10 +6,11 @@ import argparse
 import os
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from bench.ceiling import END_TO_END_CLIENTS, measure_ceiling, measure_simulated
+from bench.ceiling import END_TO_END_CLIENTS, measure_ceiling, measure_pipeline_ceiling, measure_simulated
 from bench.client import Api
 from bench.engine import curve_sizes, load_engine, measure_curve
 from bench.gateway import measure_gateway
@@ -19,7 +20,7 @@ from bench.overhead import measure_overhead
 from bench.report import Results, Step, write_report
 from bench.service import measure_service
 from bench.stack import BenchStack, batching_modes
-from bench.stages import measure_stages
+from bench.stages import build_tiny_store, measure_stages
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -155,7 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         sim.close()
     step("pipeline stages")
     try:
-        results.stages = measure_stages(args.threads, quick, args.seed)
+        with tempfile.TemporaryDirectory(prefix="diffq-bench-tiny-sd-") as tmp:
+            began_build = time.perf_counter()
+            stored = build_tiny_store(Path(tmp), args.seed)
+            built = (stored, time.perf_counter() - began_build)
+            results.stages = measure_stages(args.threads, quick, args.seed, built=built)
+            step("tiny SD zero-cost ceiling")
+            results.pipeline_ceiling = measure_pipeline_ceiling(
+                args.threads, args.gateway_processes, Path(tmp) / "store", stored.manifest.name,
+                jobs=300 if quick else 2000,
+            )  # fmt: skip
     except ModuleNotFoundError as e:  # building the pipeline needs the tooling (the train extra)
         results.stages_missing = f"building the tiny SD pipeline needs {e.name} (`make test` installs it)"
         log(results.stages_missing)

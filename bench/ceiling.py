@@ -9,6 +9,10 @@
    same run. Then end to end: clients in closed loop submit and wait (``Prefer: wait``).
 8. Simulated device. The measured H200 curve replayed: a backlog of default jobs through the
    gateway and one worker, its rows per second against the curve's best.
+9. The tiny SD pipeline's ceiling: figure 7's drain for a text-to-image model, with its three
+   stages (text encoder, denoiser, VAE decoder) all free (``bench.simulated.SimulatedComponent``)
+   and a prompt of its own per job, against figure 7's drain of the same jobs' shape: what the
+   worker's host work around the two extra stages costs.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from bench.client import Api
 from bench.simulated import H200_CURVE, ROUND_TRIPS_EVERY
 from bench.stack import WORKER, BenchStack
 from bench.stats import median, ratio
-from bench.workload import Request, uniform_jobs
+from bench.workload import Request, uniform_jobs, unique_prompt_jobs
 from diffq.jobs import Job, Status
 from diffq.store import RedisStore
 from workers.batching import tick_rows
@@ -146,9 +150,14 @@ class SimulatedDevice:
     rows_per_job: int
     max_batch_rows: int
     seconds: float  # first submit to last finished_at
+    submit_seconds: float  # first submit to the last one's answer: the rate jobs arrived at
     failed: int
     engine: EngineShare | None
     drain: Drain | None  # the same worker draining a prefilled queue alone
+
+    @property
+    def submitted_per_second(self) -> float:
+        return ratio(self.jobs, self.submit_seconds)
 
     @property
     def rows_per_second(self) -> float:
@@ -165,6 +174,31 @@ class SimulatedDevice:
     @property
     def efficiency(self) -> float:
         return ratio(self.rows_per_second, self.best_rows_per_second)
+
+
+@dataclass(frozen=True)
+class PipelineDrain:
+    """Figure 9: one worker on free stages draining jobs of a text-to-image pipeline."""
+
+    model: str
+    jobs: int
+    sampler: str
+    steps: int
+    guidance_scale: float
+    rows_per_job: int
+    max_batch_rows: int  # the rows per call the worker sized from its (free) curve
+    seconds: float  # first started_at to last finished_at
+    failed: int
+    engine: EngineShare | None
+    stage_seconds: dict[str, float]  # the free stages' calls, from the worker's metrics
+
+    @property
+    def jobs_per_second(self) -> float:
+        return ratio(self.jobs - self.failed, self.seconds)
+
+    @property
+    def image_steps_per_second(self) -> float:
+        return self.jobs_per_second * self.steps
 
 
 # ---- pure parts -------------------------------------------------------------------------
@@ -200,6 +234,16 @@ def jobs_finished(exposition: str) -> dict[str, int]:
         status = re.search(r'status="([^"]*)"', labels)
         if status:
             out[status.group(1)] = out.get(status.group(1), 0) + int(float(value))
+    return out
+
+
+def stage_seconds(exposition: str) -> dict[str, float]:
+    """Seconds in each pipeline stage's calls (``diffq_stage_duration_seconds_sum`` by stage),
+    from a worker's exposition."""
+    out: dict[str, float] = {}
+    for m in re.finditer(r"^diffq_stage_duration_seconds_sum\{([^}]*)\} (\S+)$", exposition, re.MULTILINE):
+        if stage := re.search(r'stage="([^"]*)"', m.group(1)):
+            out[stage.group(1)] = out.get(stage.group(1), 0.0) + float(m.group(2))
     return out
 
 
@@ -359,6 +403,7 @@ def measure_simulated(
         before = stack.worker_metrics()
         first_submit = time.time()
         ids = api.submit_all(work, threads=submit_threads)
+        submit_seconds = time.time() - first_submit
         _wait_finished(stack, jobs)
         after = stack.worker_metrics()
         records = _records(stack, ids)
@@ -382,9 +427,54 @@ def measure_simulated(
         rows_per_job=work[0].rows_per_step,
         max_batch_rows=rows,
         seconds=last - first_submit,
+        submit_seconds=submit_seconds,
         failed=jobs - len(ok),
         engine=_engine(after, before),
         drain=drain,
+    )
+
+
+def measure_pipeline_ceiling(
+    threads: int, gateway_processes: int, store: Path, model: str, jobs: int
+) -> PipelineDrain:
+    """Figure 9 on a fresh stack serving the model store ``store`` (which holds ``model``)."""
+    stack = BenchStack(threads, None, gateway_processes, model_store=store)
+    try:
+        stack.start_gateway()
+        return measure_pipeline_drain(stack, model, jobs)
+    finally:
+        stack.close()
+
+
+def measure_pipeline_drain(stack: BenchStack, model: str, jobs: int) -> PipelineDrain:
+    """Figure 9 (see the module's docstring): ``stack`` serves only ``model``; its jobs, of
+    figure 7's shape with a prompt each, are submitted with no worker running, then drained
+    by one worker on the free device sizing its batches from its own curve."""
+    sampler, steps, guidance = ZERO_JOB
+    stack.stop_worker()
+    work = unique_prompt_jobs(jobs, sampler, steps, guidance, seed=4000)
+    api = Api(stack.base_url)
+    try:
+        ids = api.submit_all(work)
+    finally:
+        api.close()
+    stack.start_simulated_worker("zero", DIFFQ_MAX_BATCH_ROWS="0")
+    _wait_finished(stack, jobs)
+    metrics = stack.worker_metrics()
+    exposition = httpx.get(f"{stack.stack.worker_urls[WORKER]}/metrics", timeout=5).text
+    seconds, failed = span(_records(stack, ids))
+    return PipelineDrain(
+        model=model,
+        jobs=jobs,
+        sampler=sampler,
+        steps=steps,
+        guidance_scale=guidance,
+        rows_per_job=work[0].rows_per_step,
+        max_batch_rows=int(metrics.get("diffq_worker_backlog_rows") or 0),
+        seconds=seconds,
+        failed=failed,
+        engine=_engine(metrics),
+        stage_seconds=stage_seconds(exposition),
     )
 
 

@@ -6,9 +6,12 @@ shape and dtype, after sleeping what the latency curve says a call of that many 
 ``time.sleep`` releases the GIL as a real device call does, so the worker's other threads
 (heartbeats, probes) run meanwhile. Two devices:
 
-- ``zero``: calls cost nothing (one multiply), the ceiling of the worker's own loop;
+- ``zero``: calls cost nothing (one multiply), the ceiling of the worker's own loop; a
+  pipeline's text encoder and VAE decoder cost nothing either (``SimulatedComponent``), so a
+  text-to-image model's ceiling shows what the worker does around its three stages;
 - ``h200``: the measured curve of ``mnist-cfg-unet`` on an NVIDIA H200 (``H200_CURVE``),
-  reported as device ``cuda`` so the worker's calibration and buckets take GPU sizes.
+  reported as device ``cuda`` so the worker's calibration and buckets take GPU sizes. No other
+  stage has a measured H200 curve: a pipeline's other stages run for real there.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from workers.engine import CallStats, Engine
+from workers.engine import CallStats, Component, Engine
 
 # Rows per second of mnist-cfg-unet:1 on one NVIDIA H200, "ort CUDA fp16, CUDA graph per
 # bucket" in BENCHMARKS-GPU.md (the engine matrix, best of the calls in 0.3 s per size).
@@ -109,6 +112,37 @@ class SimulatedEngine(Engine):
 
     def warm_up(self) -> float:
         return 0.0  # nothing to warm: no shapes, no buffers
+
+
+class SimulatedComponent(Component):
+    """A pipeline stage (``workers.engine.Component``) whose calls cost nothing: each returns
+    the real component's output for the first row it saw of that input shape, once per row.
+
+    The real component runs once per input shape (its first call), so outputs have the real
+    shapes and dtypes and decoded images are real images; every other call is a copy."""
+
+    def __init__(self, real: Component) -> None:
+        self.__dict__.update(real.__dict__)  # not Component.__init__: no second session to load
+        self._real = real
+        self.stats = CallStats()
+        self._first: dict[tuple[tuple[int, ...], str], np.ndarray] = {}
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        key = (tuple(x.shape[1:]), x.dtype.str)
+        if (first := self._first.get(key)) is None:
+            first = self._first[key] = self._real.run(x[:1])
+        out = np.repeat(first, len(x), axis=0)
+        self.stats.record(len(x), time.perf_counter() - started)
+        return out
+
+
+def simulated_stages(device: str) -> Callable[[str, Component], Component] | None:
+    """The ``wrap_component`` for ``workers.main.run_worker`` on ``device``: free stages on
+    ``zero``, the real ones (None) where no curve of theirs was measured."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown simulated device {device!r} (one of {', '.join(DEVICES)})")
+    return (lambda stage, real: SimulatedComponent(real)) if device == "zero" else None
 
 
 def simulated(device: str) -> Callable[[Engine], Engine]:

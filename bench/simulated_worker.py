@@ -1,7 +1,8 @@
-"""``python -m bench.simulated_worker --device zero|h200``: the real worker on a simulated denoiser.
+"""``python -m bench.simulated_worker --device zero|h200``: the real worker on a simulated device.
 
-Settings come from the environment exactly as for ``diffq worker``; only the engine differs
-(``bench.simulated``). Two measurement hooks, both off unless their variable is set:
+Settings come from the environment exactly as for ``diffq worker``; only the denoiser (and, on
+``zero``, a pipeline's text encoder and VAE decoder) differ (``bench.simulated``). Two
+measurement hooks, both off unless their variable is set:
 
 - ``BENCH_ROUND_TRIPS_FILE``: every ``ROUND_TRIPS_EVERY`` seconds, the requests this process
   has sent to Redis so far (a pipeline or a script call is one) and the commands in them,
@@ -20,7 +21,7 @@ from typing import Any
 
 import redis.connection
 
-from bench.simulated import DEVICES, ROUND_TRIPS_EVERY, simulated
+from bench.simulated import DEVICES, ROUND_TRIPS_EVERY, simulated, simulated_stages
 from diffq.cli import load_settings
 from workers.config import WorkerSettings
 from workers.main import run_worker
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     if profiler is not None:
         profiler.enable()
     try:
-        run_worker(settings, wrap_engine=simulated(args.device))
+        run_worker(settings, wrap_engine=simulated(args.device), wrap_component=simulated_stages(args.device))
     finally:
         if profiler is not None and profile_to:
             profiler.disable()

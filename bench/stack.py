@@ -50,7 +50,9 @@ class BenchStack:
         max_batch_rows: int | None,
         gateway_processes: int,
         backlog_rows: int | None = None,
+        model_store: Path | None = None,
     ) -> None:
+        """``model_store``: the store the gateway and worker serve (None: the repository's)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="diffq-bench-")
         self.dir = Path(self._tmp.name)
         self.valkey_port = free_port()
@@ -71,6 +73,7 @@ class BenchStack:
             DIFFQ_MAX_QUEUED_EVALUATIONS="0",
             DIFFQ_MAX_QUEUED_EVALUATIONS_PER_KEY="0",  # the gateway rounds queue tens of thousands
             DIFFQ_GATEWAY_PROCESSES=str(gateway_processes),
+            **({"DIFFQ_MODEL_STORE": str(model_store)} if model_store is not None else {}),
         )
         env.pop("DIFFQ_MAX_BATCH_ROWS", None)  # the test harness pins it; here the worker decides
         self.stack = Stack(env=env, logs=self.dir)

@@ -187,19 +187,24 @@ def measure_curves(
 
 
 def measure_stages(
-    threads: int, quick: bool, seed: int = 0, seconds_per_size: float | None = None
+    threads: int,
+    quick: bool,
+    seed: int = 0,
+    seconds_per_size: float | None = None,
+    built: tuple[StoredModel, float] | None = None,
 ) -> PipelineStages:
-    """Build, import and load the tiny SD pipeline; measure its stage curves and the worker's
-    time per stage on ``JOBS`` text jobs (the fastest of 1 run quick, 3 full)."""
+    """Build, import and load the tiny SD pipeline (or take ``built``: the stored model and the
+    seconds its build took); measure its stage curves and the worker's time per stage on
+    ``JOBS`` text jobs (the fastest of 1 run quick, 3 full)."""
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="diffq-bench-stages-") as tmp:
-        stored = build_tiny_store(Path(tmp), seed)
+        stored = build_tiny_store(Path(tmp), seed) if built is None else built[0]
         options = EngineOptions(intra_op_threads=threads)
         engine = Engine(stored.verify_all(), stored.manifest, options)
         encoder, decoder = load_stages(stored, options)
     if encoder is None or decoder.component is None:
         raise RuntimeError(f"{stored.manifest.ref} has no text encoder or VAE decoder")
-    build_seconds = time.perf_counter() - began
+    build_seconds = time.perf_counter() - began if built is None else built[1]
     curves = measure_curves(
         engine,
         encoder,

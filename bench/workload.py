@@ -136,6 +136,23 @@ def text_mix(
     return jobs
 
 
+def unique_prompt_jobs(n: int, sampler: str, steps: int, guidance_scale: float, seed: int) -> list[Request]:
+    """``n`` one-image text-to-image jobs of one sampler and step count, each with a prompt of
+    its own (a ``TEXT_PROMPTS`` one and the job's number), so none is in a worker's embedding
+    cache: every job costs a text encoding."""
+    return [
+        Request(
+            sampler,
+            steps,
+            None,
+            guidance_scale,
+            seed + i,
+            prompt=f"{TEXT_PROMPTS[i % len(TEXT_PROMPTS)]} {i}",
+        )
+        for i in range(n)
+    ]
+
+
 def poisson_arrivals(rate: float, n: int, seed: int) -> list[float]:
     """Offsets in seconds from the start of ``n`` open-loop arrivals of a Poisson process:
     exponential gaps with mean ``1 / rate``, the first arrival after one gap."""

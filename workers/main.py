@@ -13,6 +13,7 @@ from collections.abc import Callable
 from diffq.exits import PROBE_PORT_EXIT
 from diffq.logs import setup_logging
 from diffq.store import RedisStore
+from model_store.manifest import ComponentSpec
 from model_store.store import ModelStore, StoredModel
 from workers.batching import best_rows, tick_rows
 from workers.buckets import default_buckets, resolve_mode, worker_buckets
@@ -21,21 +22,27 @@ from workers.config import WorkerSettings
 from workers.engine import Component, Engine, EngineOptions, choose_variant, planned_device
 from workers.http import ProbeLimits, ProbePortError, WorkerHealth, start_http
 from workers.metrics import WorkerMetrics
-from workers.pipeline import Decoder, TextEncoder, load_tokenizer
+from workers.pipeline import TEXT_ENCODER, VAE_DECODER, Decoder, TextEncoder, load_tokenizer
 from workers.worker import Worker, install_signal_handlers
 
 log = logging.getLogger("diffq.worker")
 
 
 EngineWrap = Callable[[Engine], Engine]
+# A pipeline stage's component, by stage name (workers.pipeline.TEXT_ENCODER, VAE_DECODER), replaced.
+ComponentWrap = Callable[[str, Component], Component]
 
 
 def build_worker(
-    settings: WorkerSettings, health: WorkerHealth | None = None, wrap_engine: EngineWrap | None = None
+    settings: WorkerSettings,
+    health: WorkerHealth | None = None,
+    wrap_engine: EngineWrap | None = None,
+    wrap_component: ComponentWrap | None = None,
 ) -> Worker:
     """The worker for ``settings``: its model loaded and verified, its tick measured.
-    ``wrap_engine`` replaces the loaded engine before anything uses it (the benchmarks'
-    simulated devices; the real worker never passes one)."""
+    ``wrap_engine`` and ``wrap_component`` replace the loaded denoiser and pipeline stages
+    before anything uses them (the benchmarks' simulated devices; the real worker never
+    passes them)."""
     store_root = ModelStore(settings.model_store)
     stored = store_root.get(settings.model) if settings.model else store_root.models()[0]
     metrics = WorkerMetrics(stored.manifest.name, health.registry if health else None)
@@ -56,7 +63,7 @@ def build_worker(
     engine = Engine(stored.verify_all(variant), stored.manifest, options)
     if wrap_engine is not None:
         engine = wrap_engine(engine)
-    encoder, decoder = load_stages(stored, options)
+    encoder, decoder = load_stages(stored, options, wrap_component)
     log.info(
         "model loaded",
         extra={
@@ -106,23 +113,33 @@ def build_worker(
     return worker
 
 
-def load_stages(stored: StoredModel, options: EngineOptions) -> tuple[TextEncoder | None, Decoder]:
+def load_stages(
+    stored: StoredModel, options: EngineOptions, wrap: ComponentWrap | None = None
+) -> tuple[TextEncoder | None, Decoder]:
     """The text encoder (text models) and the decoder (the VAE's for latent models), from
-    files ``StoredModel.verify_all`` has checked."""
+    files ``StoredModel.verify_all`` has checked; ``wrap`` replaces each component."""
     m = stored.manifest
+
+    def load(stage: str, spec: ComponentSpec) -> Component:
+        component = Component(stored.file_path(spec.file), spec, options)
+        return component if wrap is None else wrap(stage, component)
+
     encoder = None
     if m.text_encoder is not None and m.tokenizer is not None:
         tokenizer = load_tokenizer(stored.file_path(m.tokenizer.file), m.tokenizer)
-        component = Component(stored.file_path(m.text_encoder.file), m.text_encoder, options)
-        encoder = TextEncoder(tokenizer, component)
+        encoder = TextEncoder(tokenizer, load(TEXT_ENCODER, m.text_encoder))
     decoder = Decoder()
     if m.vae_decoder is not None:
-        vae = Component(stored.file_path(m.vae_decoder.file), m.vae_decoder, options)
-        decoder = Decoder(m.latent, vae)
+        decoder = Decoder(m.latent, load(VAE_DECODER, m.vae_decoder))
     return encoder, decoder
 
 
-def run_worker(settings: WorkerSettings, burst: bool = False, wrap_engine: EngineWrap | None = None) -> None:
+def run_worker(
+    settings: WorkerSettings,
+    burst: bool = False,
+    wrap_engine: EngineWrap | None = None,
+    wrap_component: ComponentWrap | None = None,
+) -> None:
     setup_logging(settings.log_level)
     health = WorkerHealth(stall_seconds=settings.stall_seconds)
     try:
@@ -131,7 +148,7 @@ def run_worker(settings: WorkerSettings, burst: bool = False, wrap_engine: Engin
         log.error(str(e), extra={"port": settings.worker_port})
         sys.exit(PROBE_PORT_EXIT)
     try:
-        worker = build_worker(settings, health, wrap_engine)
+        worker = build_worker(settings, health, wrap_engine, wrap_component)
         health.last_tick = lambda: worker.last_tick
         health.redis_ok = lambda: worker.connected and worker.store.ping()  # not ready mid-outage
         health.stopping = worker.stop.is_set

@@ -29,6 +29,8 @@ from workers.engine import Component
 # Prompts whose hidden states a worker keeps: the empty negative prompt of every unguided or
 # default-negative job, and prompts that repeat (a client retrying, a batch of variations).
 EMBEDDING_CACHE = 256
+# The stages around the denoiser, by the names their metrics and components go by.
+TEXT_ENCODER, VAE_DECODER = "text_encoder", "vae_decoder"
 
 
 class PromptError(ValueError):

@@ -34,7 +34,7 @@ from workers.batching import BatchPolicy, free_rows, keep_gathering
 from workers.config import WorkerSettings
 from workers.engine import Engine
 from workers.metrics import WorkerMetrics
-from workers.pipeline import Decoder, PromptError, TextEncoder, sample_shape
+from workers.pipeline import TEXT_ENCODER, VAE_DECODER, Decoder, PromptError, TextEncoder, sample_shape
 from workers.scheduler import Batch, InFlight, Scheduler
 
 log = logging.getLogger("diffq.worker")
@@ -504,7 +504,7 @@ class Worker:
         calls, seconds = stats.calls, stats.seconds
         states = self.encoder.encode(texts) if texts else []
         if stats.calls > calls:  # not every prompt was cached
-            self._metrics.stage_call("text_encoder", stats.seconds - seconds)
+            self._metrics.stage_call(TEXT_ENCODER, stats.seconds - seconds)
         return [Condition.for_text(states[2 * i], states[2 * i + 1]) for i in range(len(requests))]
 
     def _dead_letter(self, claimed: Claimed, job: Job) -> None:
@@ -702,7 +702,7 @@ class Worker:
             for f in group:
                 out[f.job.id], k = pixels[k : k + len(f.rows)], k + len(f.rows)
         if vae is not None and vae.stats.seconds > seconds:
-            self._metrics.stage_call("vae_decoder", vae.stats.seconds - seconds)
+            self._metrics.stage_call(VAE_DECODER, vae.stats.seconds - seconds)
         return out
 
     def _finish_failed(self, f: Flight, kind: ErrorType, message: str) -> None:

@@ -1,5 +1,6 @@
-"""The simulated denoisers (``bench.simulated``) and the pure parts of figures 7 and 8
-(``bench.ceiling``, ``bench.report``). No wall-clock assertions: sleeps are recorded, not timed."""
+"""The simulated denoisers and stages (``bench.simulated``) and the pure parts of figures 7, 8
+and 9 (``bench.ceiling``, ``bench.report``). No wall-clock assertions: sleeps are recorded, not
+timed."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from bench.ceiling import (
     Drain,
     EndToEnd,
     EngineShare,
+    PipelineDrain,
     SimulatedDevice,
     calls_between,
     command_calls,
@@ -22,13 +24,26 @@ from bench.ceiling import (
     ping_per_job,
     script_calls,
     span,
+    stage_seconds,
 )
 from bench.report import Results, render
-from bench.simulated import H200_CURVE, OUTPUT_SCALE, LatencyCurve, SimulatedEngine, simulated
+from bench.simulated import (
+    H200_CURVE,
+    OUTPUT_SCALE,
+    LatencyCurve,
+    SimulatedComponent,
+    SimulatedEngine,
+    simulated,
+    simulated_stages,
+)
+from bench.workload import TEXT_PROMPTS, unique_prompt_jobs
 from diffq.jobs import Job, JobRequest, Status
+from model_store.manifest import ComponentSpec, TensorSpec
 from model_store.store import ModelStore
 from workers.calibration import GPU_SIZES, SIZES, measure_curve, sizes_for
-from workers.engine import Engine, EngineOptions
+from workers.engine import Component, Engine, EngineOptions
+from workers.main import load_stages
+from workers.pipeline import TEXT_ENCODER, VAE_DECODER
 
 
 # ---- the latency curve ------------------------------------------------------------------
@@ -197,6 +212,7 @@ def _simulated(**changes: object) -> SimulatedDevice:
         "rows_per_job": 2,
         "max_batch_rows": 1024,
         "seconds": 4.0,
+        "submit_seconds": 3.5,
         "failed": 0,
         "engine": EngineShare(0.5, 40, 16_000),
         "drain": None,
@@ -211,6 +227,7 @@ def test_simulated_device_ratio_is_service_rows_over_the_curve_best() -> None:
     assert s.best_rows_per_second == 111_794
     assert s.efficiency == pytest.approx(4000 / 111_794)
     assert _simulated(seconds=16_000 / 111_794 / 0.9).efficiency == pytest.approx(0.9)
+    assert _simulated(submit_seconds=2.0).submitted_per_second == 500
 
 
 def test_commandstats_deltas_leave_out_info_and_idle_commands() -> None:
@@ -277,3 +294,153 @@ def test_report_shows_figures_7_and_8_with_their_verdicts(tmp_path: Path) -> Non
     fast = Results(command="", quick=True, machine={})
     fast.ceiling = Ceiling(_drain(ping_per_second=1000.0), EndToEnd(32, 4.0, 2000, 0))
     assert "| 2.0 (500 jobs/s) | <= 2 | met |" in render(fast, {})
+
+
+def test_report_says_how_fast_figure_8s_jobs_arrived() -> None:
+    r = Results(command="", quick=True, machine={})
+    r.simulated = _simulated(submit_seconds=2.0)  # 1000 jobs in 2 s, 16 rows each
+    assert "they arrived at 500 jobs/s (8,000 rows/s of work)" in render(r, {})
+
+
+# ---- figure 9: the tiny SD pipeline on free stages --------------------------------------
+@pytest.fixture
+def decoder_like(tmp_path: Path) -> Component:
+    """A real ONNX component shaped like a VAE decoder: [B, 2, h, w] -> [B, 2, 2h, 2w], each
+    output a function of its own row (tiled, scaled by 0.5 and shifted by 1)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Tile", ["z", "reps"], ["tiled"]),
+            helper.make_node("Mul", ["tiled", "half"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "one"], ["image"]),
+        ],
+        "decoder_like",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", 2, "h", "w"])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["b", 2, "h2", "w2"])],
+        [
+            helper.make_tensor("reps", TensorProto.INT64, [4], [1, 1, 2, 2]),
+            helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+            helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "decoder_like.onnx"
+    onnx.save(model, str(path))
+    spec = ComponentSpec(
+        file=path.name,
+        sha256="0" * 64,
+        inputs=[TensorSpec(name="z", dtype="float32", shape=["b", 2, "h", "w"])],
+        outputs=[TensorSpec(name="image", dtype="float32", shape=["b", 2, "h2", "w2"])],
+    )
+    return Component(path, spec, EngineOptions(intra_op_threads=1))
+
+
+def test_free_component_copies_the_real_output_of_its_first_row(decoder_like: Component) -> None:
+    rng = np.random.default_rng(0)
+    free = SimulatedComponent(decoder_like)
+    x = rng.standard_normal((5, 2, 3, 4), dtype=np.float32)
+    out = free.run(x)
+    first = decoder_like.run(x[:1])
+    assert not np.array_equal(first, np.zeros_like(first))  # a real output, not zeros
+    assert out.shape == (5, 2, 6, 8) and out.dtype == first.dtype
+    for row in out:
+        np.testing.assert_array_equal(row, first[0])
+    assert not np.array_equal(out[1], decoder_like.run(x[1:2])[0])  # rows are copies, not computed
+    calls_before = decoder_like.stats.calls
+    free.run(rng.standard_normal((3, 2, 3, 4), dtype=np.float32))  # same shape: no real call
+    assert decoder_like.stats.calls == calls_before
+    other = free.run(rng.standard_normal((2, 2, 4, 4), dtype=np.float32))  # a new shape: one real call
+    assert other.shape == (2, 2, 8, 8) and decoder_like.stats.calls == calls_before + 1
+    assert (free.stats.calls, free.stats.rows) == (3, 10)  # the free calls, as the worker counts them
+
+
+def test_simulated_stages_are_free_on_zero_and_real_elsewhere(decoder_like: Component) -> None:
+    wrap = simulated_stages("zero")
+    assert wrap is not None
+    free = wrap(VAE_DECODER, decoder_like)
+    assert isinstance(free, SimulatedComponent) and free.spec is decoder_like.spec
+    assert simulated_stages("h200") is None  # no H200 curve of any stage: the real ones run
+    with pytest.raises(ValueError):
+        simulated_stages("tpu")
+
+
+def test_unique_prompt_jobs_never_repeat_a_prompt() -> None:
+    jobs = unique_prompt_jobs(3 * len(TEXT_PROMPTS), "dpmpp_2m", 8, 1.0, seed=5)
+    prompts = [j.prompt for j in jobs]
+    assert len(set(prompts)) == len(prompts)
+    assert all(
+        p is not None and p.startswith(TEXT_PROMPTS[i % len(TEXT_PROMPTS)]) for i, p in enumerate(prompts)
+    )
+    assert [j.seed for j in jobs[:3]] == [5, 6, 7]
+    assert {(j.sampler, j.steps, j.num_images, j.class_label) for j in jobs} == {("dpmpp_2m", 8, 1, None)}
+    assert "prompt" in jobs[0].body() and "class_label" in jobs[0].body()
+
+
+def test_stage_seconds_sum_each_stage() -> None:
+    text = (
+        'diffq_stage_duration_seconds_sum{model="m",stage="text_encoder"} 0.25\n'
+        'diffq_stage_duration_seconds_count{model="m",stage="text_encoder"} 4.0\n'
+        'diffq_stage_duration_seconds_sum{model="m",stage="vae_decoder"} 1.5\n'
+        'diffq_stage_duration_seconds_bucket{model="m",stage="vae_decoder",le="0.1"} 2.0\n'
+    )
+    assert stage_seconds(text) == {"text_encoder": 0.25, "vae_decoder": 1.5}
+    assert stage_seconds("") == {}
+
+
+def _pipeline(**changes: object) -> PipelineDrain:
+    values: dict[str, object] = {
+        "model": "tiny-sd",
+        "jobs": 2000,
+        "sampler": "dpmpp_2m",
+        "steps": 8,
+        "guidance_scale": 1.0,
+        "rows_per_job": 1,
+        "max_batch_rows": 256,
+        "seconds": 4.0,
+        "failed": 0,
+        "engine": EngineShare(0.01, 63, 16_000),
+        "stage_seconds": {"text_encoder": 0.02, "vae_decoder": 0.05},
+    }
+    return PipelineDrain(**(values | changes))  # type: ignore[arg-type]
+
+
+def test_pipeline_drain_rates_and_report() -> None:
+    p = _pipeline()
+    assert p.jobs_per_second == 500 and p.image_steps_per_second == 4000
+    assert _pipeline(failed=400).jobs_per_second == 400
+    r = Results(command="", quick=True, machine={})
+    r.pipeline_ceiling = p
+    alone = render(r, {})
+    assert "## 9. Tiny SD pipeline on free stages" in alone and "| jobs/s | **500** |" in alone
+    assert "(7 not measured)" in alone
+    r.ceiling = Ceiling(_drain(seconds=0.5), EndToEnd(32, 4.0, 2000, 0))  # 1000 jobs in 0.5 s
+    text = render(r, {})
+    assert "| 9. tiny SD on free stages: zero-cost drain | 500 jobs/s (0.25x of 7's) | - | - |" in text
+    assert "| against 7's drain (2000 jobs/s) | 0.25x |" in text
+    assert "text_encoder 0.02 s, vae_decoder 0.05 s" in text
+
+
+def test_load_stages_hands_each_stage_to_the_wrap() -> None:
+    """What ``bench.simulated_worker --device zero`` does to a text-to-image model's stages."""
+    stored = ModelStore().get("shapes-sd")
+    seen: list[str] = []
+
+    def wrap(stage: str, real: Component) -> Component:
+        seen.append(stage)
+        return SimulatedComponent(real)
+
+    encoder, decoder = load_stages(stored, EngineOptions(intra_op_threads=1), wrap)
+    assert seen == [TEXT_ENCODER, VAE_DECODER]
+    assert encoder is not None and isinstance(encoder.component, SimulatedComponent)
+    assert isinstance(decoder.component, SimulatedComponent)
+    real_encoder, _ = load_stages(stored, EngineOptions(intra_op_threads=1))
+    assert real_encoder is not None and not isinstance(real_encoder.component, SimulatedComponent)
+    states = encoder.encode(["a red circle", "a blue square"])
+    want = real_encoder.encode(["a red circle"])[0]
+    assert states[0].shape == want.shape
+    np.testing.assert_array_equal(states[0], want)  # the first row is the real encoder's
+    np.testing.assert_array_equal(states[1], want)  # the rest copy it
+    assert not np.array_equal(real_encoder.encode(["a blue square"])[0], want)  # where the real one differs
