@@ -96,8 +96,9 @@ class StepCoefficients:
                 raise IndexError(f"{plan.sampler}: step {step} of {plan.num_steps}")
             index[i] = start + step
         table = (tables[0] if len(tables) == 1 else np.concatenate(tables))[index]
-        columns = dict(zip(COEFFICIENTS, table.T, strict=False))
-        return cls(**columns, clip_x0=table[:, len(COEFFICIENTS)] != 0.0)
+        k = len(COEFFICIENTS)
+        columns = dict(zip(COEFFICIENTS, table.T[:k], strict=True))
+        return cls(**columns, clip_x0=table[:, k] != 0.0)
 
 
 def predict_x0(
