@@ -6,9 +6,12 @@ between steps while rows are free.
 
 Adaptive batching: the row budget has two sizes, both read off the engine's measured curve.
 At light load it is the latency-optimal tick (``tick_rows``): a bigger call would make every
-image in it wait longer per step for little extra throughput. While work waits in the queue
-(a backlog), only throughput counts, and the budget grows to the throughput-optimal size
-(``best_rows``); it falls back once the queue is empty, as the running jobs finish.
+image in it wait longer per step for little extra throughput. Under a backlog only throughput
+counts, and the budget grows to the throughput-optimal size (``best_rows``); it falls back
+once the queue is empty, as the running jobs finish. A backlog is more than a job or two
+waiting between arrivals (at 80% load the queue is rarely empty, and growing the batch then
+only slows every job in it): more work waits than the running jobs have left, or the next
+job would wait more than ``patience_steps`` steps for room at the tick (a long job holding it).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 class BatchPolicy:
     max_rows: int  # denoiser rows per call at light load (the latency-optimal tick)
     max_wait_s: float  # how long an idle worker gathers jobs before its first step
-    backlog_rows: int = 0  # rows per call while work waits in the queue; 0: max_rows
+    backlog_rows: int = 0  # rows per call under a backlog; 0: max_rows
+    patience_steps: int = 16  # steps a waiting job may wait for room at the tick before it grows
 
     def rows(self, backlog: bool = False) -> int:
         """The row budget: the throughput-optimal size under a backlog, else the tick."""
@@ -48,6 +52,32 @@ def admit(policy: BatchPolicy, active_rows: int, waiting_rows: Sequence[int], ba
         rows += size
         n += 1
     return n
+
+
+def is_backlog(
+    policy: BatchPolicy, waiting_evaluations: int, running_evaluations: int, steps_until_room: int
+) -> bool:
+    """Whether work waiting (denoiser evaluations queued or claimed, not started) is a backlog
+    for a worker at its light-load tick: more of it than the running jobs have left to compute,
+    or a next job that would wait more than ``patience_steps`` steps for room."""
+    if not policy.adaptive or waiting_evaluations <= 0:
+        return False
+    return waiting_evaluations > running_evaluations or steps_until_room > policy.patience_steps
+
+
+def steps_until_room(budget: int, running: Sequence[tuple[int, int]], rows: int) -> int:
+    """Steps until ``rows`` more rows fit in ``budget``, given the running jobs as (rows per
+    step, steps left): the step at which enough of them have finished. A job bigger than the
+    budget fits once nothing runs (``admit`` runs it alone)."""
+    free = budget - sum(r for r, _ in running)
+    if free >= rows:
+        return 0
+    needed = min(rows, budget) - free  # at most every running row: the loop always returns
+    for r, left in sorted(running, key=lambda job: job[1]):
+        needed -= r
+        if needed <= 0:
+            return left
+    raise AssertionError("unreachable: once every running job has finished, the budget is free")
 
 
 def free_rows(policy: BatchPolicy, active_rows: int, backlog: bool = False) -> int:

@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 from diffq.jobs import PRIORITIES, Job
 from sampling.denoise import RowState
-from workers.batching import BatchPolicy, admit, free_rows
+from workers.batching import BatchPolicy, admit, free_rows, is_backlog, steps_until_room
 
 H = TypeVar("H")  # the driver's handle on a job
 
@@ -51,6 +51,10 @@ class InFlight(Generic[H]):
     @property
     def step(self) -> int:
         return min(r.step for r in self.rows)
+
+    @property
+    def steps_left(self) -> int:
+        return max((r.plan.num_steps - r.step for r in self.rows), default=0)
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,26 @@ class Scheduler(Generic[H]):
     # ---- load --------------------------------------------------------------------------------
     def observe_queue(self, queued_evaluations: int) -> bool:
         """What the driver's last look at the queue found (jobs not claimed by any worker, as
-        denoiser evaluations), before it adds what that claim took. While work waits there,
-        or claimed jobs still wait here, the row budget is the policy's backlog size; once
-        none does, new jobs join only below the light-load tick again, and the batch shrinks
-        back to it as its jobs finish. True when the mode changed."""
-        backlog = self.policy.adaptive and (queued_evaluations > 0 or bool(self.waiting))
+        denoiser evaluations), before it adds what that claim took. Once the work waiting
+        there and here is a backlog (``workers.batching.is_backlog``), the row budget is the
+        policy's backlog size until nothing waits; then new jobs join only below the
+        light-load tick again, and the batch shrinks back to it as its jobs finish. True when
+        the mode changed."""
+        waiting = queued_evaluations + sum(w.job.request.evaluations for w in self.waiting)
+        if waiting <= 0 or not self.policy.adaptive:
+            backlog = False
+        elif self.backlog:
+            backlog = True  # until nothing waits
+        else:
+            stepping = [(f.rows_per_step, f.steps_left) for f in self.running.values() if not f.done]
+            head = min(self.waiting, key=lambda w: PRIORITIES.index(w.job.request.priority), default=None)
+            rows = head.job.request.rows_per_step if head is not None else 1
+            backlog = is_backlog(
+                self.policy,
+                waiting,
+                sum(r * left for r, left in stepping),
+                steps_until_room(self.policy.max_rows, stepping, rows),
+            )
         changed, self.backlog = backlog != self.backlog, backlog
         return changed
 

@@ -7,7 +7,16 @@ import time
 import numpy as np
 import pytest
 
-from workers.batching import BatchPolicy, admit, best_rows, free_rows, keep_gathering, tick_rows
+from workers.batching import (
+    BatchPolicy,
+    admit,
+    best_rows,
+    free_rows,
+    is_backlog,
+    keep_gathering,
+    steps_until_room,
+    tick_rows,
+)
 from workers.calibration import measure_curve
 from workers.worker import claim_count
 
@@ -98,3 +107,35 @@ def test_measured_curve_of_a_stub_engine_finds_its_knee() -> None:
 
 def test_claims_ask_for_what_the_free_rows_could_run() -> None:
     assert [claim_count(free) for free in (1, 2, 3, 10, 128, 129, 4096)] == [1, 1, 1, 5, 64, 64, 64]
+
+
+def test_a_backlog_is_more_waiting_work_than_running_work_or_a_long_wait_for_room() -> None:
+    policy = BatchPolicy(max_rows=16, max_wait_s=0.0, backlog_rows=32, patience_steps=16)
+    # A job or two arriving while a batch runs: less work waits than the batch has left, and
+    # room frees up within a few steps. At light load that is no backlog.
+    assert not is_backlog(policy, waiting_evaluations=54, running_evaluations=200, steps_until_room=3)
+    # A burst: more waits than runs.
+    assert is_backlog(policy, waiting_evaluations=201, running_evaluations=200, steps_until_room=3)
+    # A long job holds the tick: little waits, but it would wait for hundreds of steps.
+    assert is_backlog(policy, waiting_evaluations=16, running_evaluations=790, steps_until_room=395)
+    assert not is_backlog(policy, waiting_evaluations=16, running_evaluations=790, steps_until_room=16)
+    # Nothing waits, or no backlog size to grow to: never.
+    assert not is_backlog(policy, waiting_evaluations=0, running_evaluations=0, steps_until_room=0)
+    fixed = BatchPolicy(max_rows=16, max_wait_s=0.0)
+    assert not is_backlog(fixed, waiting_evaluations=10_000, running_evaluations=0, steps_until_room=999)
+
+
+def test_steps_until_room_counts_the_steps_until_enough_running_jobs_finish() -> None:
+    # (rows per step, steps left) of the running jobs; a budget of 8 rows.
+    running = [(2, 5), (4, 1), (2, 9)]
+    assert steps_until_room(8, running, rows=1) == 1  # the 4-row job finishes after one step
+    assert steps_until_room(8, running, rows=4) == 1
+    assert steps_until_room(8, running, rows=6) == 5  # then the 2-row job with 5 steps left
+    assert steps_until_room(8, running, rows=8) == 9  # everything must finish
+    assert steps_until_room(8, running, rows=20) == 9  # bigger than the budget: runs alone, later
+    assert steps_until_room(8, [(2, 5)], rows=6) == 0  # it fits now
+    assert steps_until_room(8, [], rows=8) == 0
+    # Over the budget (the batch grew under a backlog and the budget fell back): the extra
+    # rows must finish too before anything joins: here every job, then two of the three.
+    assert steps_until_room(2, [(2, 3), (2, 7), (2, 4)], rows=1) == 7
+    assert steps_until_room(4, [(2, 3), (2, 7), (2, 4)], rows=2) == 4

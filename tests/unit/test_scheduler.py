@@ -180,3 +180,34 @@ def test_finished_jobs_wait_to_be_stored_outside_the_batch_and_the_budget() -> N
     assert [slot for slots in s.batch().slots for slot in slots] == [("long", 0)]  # not stepped again
     s.remove("short")
     assert s.finished() == []
+
+
+def test_a_job_or_two_waiting_behind_a_busy_batch_is_no_backlog() -> None:
+    s: Scheduler[str] = Scheduler(BatchPolicy(max_rows=4, max_wait_s=0.0, backlog_rows=8, patience_steps=16))
+    started(s, *(job(f"r{i}", steps=10) for i in range(4)))  # the tick full: 40 evaluations left
+    assert s.free_rows() == 0
+    assert not s.observe_queue(queued_evaluations=10)  # a 10-step job queued: room in 10 steps
+    assert not s.backlog and s.budget == 4
+    assert s.observe_queue(queued_evaluations=41)  # more waits than runs: a backlog
+    assert s.backlog and s.budget == 8
+    assert not s.observe_queue(queued_evaluations=1)  # once grown, it stays while anything waits
+    assert s.observe_queue(queued_evaluations=0) and not s.backlog
+
+
+def test_a_long_job_holding_the_tick_makes_short_ones_a_backlog() -> None:
+    s: Scheduler[str] = Scheduler(BatchPolicy(max_rows=2, max_wait_s=0.0, backlog_rows=8, patience_steps=5))
+    started(s, job("long", guidance=3.0, steps=400))  # two rows: the whole tick, 400 steps
+    assert s.free_rows() == 0
+    # Four 4-step jobs wait (16 evaluations, far less than the long job's 800), but room at
+    # the tick comes only when the long job ends: they would wait 400 steps.
+    assert s.observe_queue(queued_evaluations=16)
+    assert s.backlog and s.free_rows() == 6
+
+
+def test_a_claimed_job_waiting_here_is_measured_by_its_own_rows() -> None:
+    s: Scheduler[str] = Scheduler(BatchPolicy(max_rows=4, max_wait_s=0.0, backlog_rows=8, patience_steps=5))
+    started(s, job("short", steps=2), job("long", images=3, steps=20))  # 1 + 3 rows: full
+    s.add([("big", job("big", images=2, steps=2))])  # claimed, waiting: needs 2 rows, 4 evaluations
+    # One row frees after 2 steps, the second only when the long job ends in 20: too long.
+    assert s.observe_queue(queued_evaluations=0)
+    assert s.backlog
