@@ -60,10 +60,9 @@ class EngineShare:
 
 
 @dataclass(frozen=True)
-class Drain:
-    """One worker draining ``jobs`` queued jobs on a simulated device."""
+class DrainedJobs:
+    """``jobs`` queued jobs of one shape, drained by one worker on a simulated device."""
 
-    device: str
     jobs: int
     sampler: str
     steps: int
@@ -72,15 +71,6 @@ class Drain:
     max_batch_rows: int
     seconds: float  # first started_at to last finished_at
     failed: int
-    commands: int  # Valkey commands over the drain, INFO and the worker's start-up left out
-    script_calls: int  # of which EVALSHA / FCALL (each one round trip)
-    round_trips: int | None  # the worker's requests to Redis over the drain, start-up left out
-    worker_commands: int | None  # the commands in them (a script's own calls not counted)
-    background_commands: int  # commands by others (the gateway idle) over the same time, left out
-    startup_commands: int  # commands of a worker starting on an empty queue, left out
-    top_commands: tuple[tuple[str, int], ...]  # the most called, with their counts
-    ping_per_second: float  # sequential PING round trips from one client, same Valkey, same run
-    ping_range: tuple[float, float]  # the slowest and fastest of its windows, before and after
     engine: EngineShare | None
 
     @property
@@ -90,6 +80,22 @@ class Drain:
     @property
     def image_steps_per_second(self) -> float:
         return self.jobs_per_second * self.steps
+
+
+@dataclass(frozen=True)
+class Drain(DrainedJobs):
+    """Figures 7 and 8: a drain with what Valkey and the worker's connections did meanwhile."""
+
+    device: str
+    commands: int  # Valkey commands over the drain, INFO and the worker's start-up left out
+    script_calls: int  # of which EVALSHA / FCALL (each one round trip)
+    round_trips: int | None  # the worker's requests to Redis over the drain, start-up left out
+    worker_commands: int | None  # the commands in them (a script's own calls not counted)
+    background_commands: int  # commands by others (the gateway idle) over the same time, left out
+    startup_commands: int  # commands of a worker starting on an empty queue, left out
+    top_commands: tuple[tuple[str, int], ...]  # the most called, with their counts
+    ping_per_second: float  # sequential PING round trips from one client, same Valkey, same run
+    ping_range: tuple[float, float]  # the slowest and fastest of its windows, before and after
 
     @property
     def rows_per_second(self) -> float:
@@ -177,28 +183,12 @@ class SimulatedDevice:
 
 
 @dataclass(frozen=True)
-class PipelineDrain:
-    """Figure 9: one worker on free stages draining jobs of a text-to-image pipeline."""
+class PipelineDrain(DrainedJobs):
+    """Figure 9: one worker on free stages draining jobs of a text-to-image pipeline (its
+    rows per call sized from its own, free, curve)."""
 
     model: str
-    jobs: int
-    sampler: str
-    steps: int
-    guidance_scale: float
-    rows_per_job: int
-    max_batch_rows: int  # the rows per call the worker sized from its (free) curve
-    seconds: float  # first started_at to last finished_at
-    failed: int
-    engine: EngineShare | None
     stage_seconds: dict[str, float]  # the free stages' calls, from the worker's metrics
-
-    @property
-    def jobs_per_second(self) -> float:
-        return ratio(self.jobs - self.failed, self.seconds)
-
-    @property
-    def image_steps_per_second(self) -> float:
-        return self.jobs_per_second * self.steps
 
 
 # ---- pure parts -------------------------------------------------------------------------
