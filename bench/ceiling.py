@@ -450,8 +450,8 @@ def measure_pipeline_drain(stack: BenchStack, model: str, jobs: int) -> Pipeline
         api.close()
     stack.start_simulated_worker("zero", DIFFQ_MAX_BATCH_ROWS="0")
     _wait_finished(stack, jobs)
-    metrics = stack.worker_metrics()
-    exposition = httpx.get(f"{stack.stack.worker_urls[WORKER]}/metrics", timeout=5).text
+    exposition = stack.worker_exposition()
+    metrics = stack.worker_metrics(exposition)
     seconds, failed = span(_records(stack, ids))
     return PipelineDrain(
         model=model,

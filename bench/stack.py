@@ -143,9 +143,14 @@ class BenchStack:
         finally:
             api.close()
 
-    def worker_metrics(self) -> dict[str, float]:
-        """The worker's counters the benchmarks read (absent ones left out)."""
-        text = httpx.get(f"{self.stack.worker_urls[WORKER]}/metrics", timeout=5).text
+    def worker_exposition(self) -> str:
+        """The worker's whole ``/metrics`` text."""
+        return httpx.get(f"{self.stack.worker_urls[WORKER]}/metrics", timeout=5).text
+
+    def worker_metrics(self, exposition: str | None = None) -> dict[str, float]:
+        """The worker's counters the benchmarks read (absent ones left out), from
+        ``exposition`` when the caller has it already."""
+        text = self.worker_exposition() if exposition is None else exposition
         values = {name: _sample(text, name) for name in WORKER_SAMPLES}
         return {name: v for name, v in values.items() if v is not None}
 

@@ -103,7 +103,7 @@ class Scheduler(Generic[H]):
             backlog = True  # until nothing waits
         else:
             stepping = [(f.rows_per_step, f.steps_left) for f in self.running.values() if not f.done]
-            head = min(self.waiting, key=lambda w: PRIORITIES.index(w.job.request.priority), default=None)
+            head = min(self.waiting, key=_priority, default=None)
             rows = head.job.request.rows_per_step if head is not None else 1
             backlog = is_backlog(
                 self.policy,
@@ -154,7 +154,7 @@ class Scheduler(Generic[H]):
         """
         if not self.continuous and self.running:
             return []
-        self.waiting.sort(key=lambda w: PRIORITIES.index(w.job.request.priority))  # stable
+        self.waiting.sort(key=_priority)  # stable
         rows = [w.job.request.rows_per_step for w in self.waiting]
         n = admit(self.policy, self.rows_running(), rows, self.backlog)
         joining, self.waiting = self.waiting[:n], self.waiting[n:]
@@ -214,3 +214,8 @@ class Scheduler(Generic[H]):
         self.running = {k: f for k, f in self.running.items() if not lost(f.handle)}
         self.waiting = [w for w in self.waiting if not lost(w.handle)]
         return before - self.held
+
+
+def _priority(w: Waiting[H]) -> int:
+    """A waiting job's place in admission order: high, normal, low."""
+    return PRIORITIES.index(w.job.request.priority)
