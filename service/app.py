@@ -21,7 +21,7 @@ from service.config import GatewaySettings
 from service.contract import exact_bounds
 from service.errors import install_error_handlers
 from service.metrics import RequestMetrics
-from service.routes import openai_router, router
+from service.routes import openai_router, router, submit_router
 from service.state import State
 
 
@@ -65,6 +65,7 @@ def create_app(settings: GatewaySettings, store: RedisStore | None = None) -> Fa
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=state.metrics)  # outermost: sees 413s too
     install_error_handlers(app)
+    app.include_router(submit_router)  # first: the document lists POST /v1/jobs first, as it did
     app.include_router(router)
     app.include_router(openai_router)
     return app

@@ -25,8 +25,8 @@ async def get_state(request: Request) -> State:
 
 StateDep = Annotated[State, Depends(get_state)]
 
-_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 def identify(state: State, credentials: HTTPAuthorizationCredentials | None) -> str:
@@ -106,13 +106,22 @@ class Submitter:
     wait: float | None
 
 
+def submitter(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, prefer: str | None
+) -> Submitter:
+    """The submitter of ``request``: its state, its key's name (401 without a known one) and
+    the wait its ``Prefer`` header asks for."""
+    state: State = request.app.state.diffq
+    wait = wait_preference(prefer, state.settings.max_wait_seconds)
+    return Submitter(state, identify(state, credentials), wait)
+
+
 async def get_submitter(request: Request, credentials: Credentials, prefer: PreferHeader = None) -> Submitter:
     """``StateDep``, ``OwnerDep`` and ``WaitDep`` in one dependency, for ``POST /v1/jobs``, the
     busiest route: FastAPI solves each dependency of a request separately, and that tree was
-    about 40% of the route's time in process (measured with cProfile)."""
-    state = await get_state(request)
-    wait = wait_preference(prefer, state.settings.max_wait_seconds)
-    return Submitter(state, identify(state, credentials), wait)
+    about 40% of the route's time in process (measured with cProfile). The route's plain
+    requests skip FastAPI's solving altogether (``service.submit_route``)."""
+    return submitter(request, credentials, prefer)
 
 
 SubmitterDep = Annotated[Submitter, Depends(get_submitter)]

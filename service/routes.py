@@ -45,6 +45,7 @@ from service.schemas import (
     ModelList,
 )
 from service.state import State
+from service.submit_route import SubmitRoute
 from service.views import job_view, model_view
 
 # A submission the job store did not answer (a timeout, a connection lost mid-call) may have
@@ -114,11 +115,15 @@ READY_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter()
+# POST /v1/jobs alone: its plain requests skip FastAPI's per-request solving (service/submit_route.py).
+submit_router = APIRouter(route_class=SubmitRoute)
 # OpenAI-compatible routes: their errors in OpenAI's shape (service/openai_errors.py).
 openai_router = APIRouter(route_class=OpenAIRoute)
 
 
-@router.post("/v1/jobs", status_code=202, response_model=JobView, responses=SUBMIT_RESPONSES, tags=["jobs"])
+@submit_router.post(
+    "/v1/jobs", status_code=202, response_model=JobView, responses=SUBMIT_RESPONSES, tags=["jobs"]
+)
 async def submit_job(
     request: Request, body: JobCreate, who: SubmitterDep, idempotency_key: IdempotencyKey = None
 ) -> Response:
