@@ -18,9 +18,13 @@ from service.state import State
 
 # Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in the thread pool,
 # a hop per dependency per request, and these do no I/O.
-async def get_state(request: Request) -> State:
+def state_of(request: Request) -> State:
     state: State = request.app.state.diffq
     return state
+
+
+async def get_state(request: Request) -> State:
+    return state_of(request)
 
 
 StateDep = Annotated[State, Depends(get_state)]
@@ -111,7 +115,7 @@ def submitter(
 ) -> Submitter:
     """The submitter of ``request``: its state, its key's name (401 without a known one) and
     the wait its ``Prefer`` header asks for."""
-    state: State = request.app.state.diffq
+    state = state_of(request)
     wait = wait_preference(prefer, state.settings.max_wait_seconds)
     return Submitter(state, identify(state, credentials), wait)
 
@@ -127,12 +131,13 @@ async def get_submitter(request: Request, credentials: Credentials, prefer: Pref
 SubmitterDep = Annotated[Submitter, Depends(get_submitter)]
 
 
+IDEMPOTENCY_KEY_MAX = 255  # characters of an Idempotency-Key (and at least one)
 IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=255,
+        max_length=IDEMPOTENCY_KEY_MAX,
         description="Retries with the same key (per API key, within the result TTL) return the same job.",
     ),
 ]

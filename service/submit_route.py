@@ -17,10 +17,8 @@ import pydantic
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from service.deps import bearer, submitter
+from service.deps import IDEMPOTENCY_KEY_MAX, bearer, submitter
 from service.schemas import JobCreate
-
-MAX_IDEMPOTENCY_KEY = 255  # the endpoint's Idempotency-Key bounds: 1..255 characters
 
 
 def plain_body(request: Request, body: bytes) -> JobCreate | None:
@@ -46,7 +44,7 @@ class SubmitRoute(APIRoute):
         async def handle(request: Request) -> Response:
             body = plain_body(request, await request.body())  # cached: FastAPI reads it again
             key = request.headers.get("idempotency-key")
-            if body is None or (key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY):
+            if body is None or (key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX):
                 return await standard(request)
             who = submitter(request, await bearer(request), request.headers.get("prefer"))
             response: Response = await endpoint(request=request, body=body, who=who, idempotency_key=key)
