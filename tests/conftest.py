@@ -7,6 +7,7 @@ Redis key prefix, so tests sharing one Valkey never see each other's jobs.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -101,12 +102,25 @@ class Stack:
 
 def free_port_range(count: int) -> int:
     """A port ``p`` with ``p .. p + count - 1`` all free now (worker-N of ``diffq serve`` binds
-    its probe port at a base + N)."""
+    its probe port at a base + N), below the kernel's ephemeral range: a port in that range can
+    be taken at any moment as the local end of an outgoing connection, and Linux gives connect()
+    even ports and bind(0) odd ones, so ``free_port() + 1`` is just the kind a connection takes
+    (CI once saw worker-1's port held for a minute that way)."""
+    low = _ephemeral_ports()[0]
+    pick = random.Random()
     for _ in range(200):
-        base = free_port()
-        if base + count <= 65535 and all(_port_free(base + i) for i in range(1, count)):
+        base = pick.randrange(10_000, low - count)
+        if all(_port_free(base + i) for i in range(count)):
             return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
+    raise RuntimeError(f"no {count} consecutive free ports found below {low}")
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def _port_free(port: int) -> bool:

@@ -23,9 +23,11 @@ import httpx
 import pytest
 
 from diffq.serve import free_port, lock_data_dir
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, free_port_range, wait_for
 from tests.e2e.test_serve import children_of
 from tests.stores import MNIST
+
+WORKER_PORTS = 4  # worker-N of serve binds DIFFQ_WORKER_PORT + N (one worker per model here)
 
 
 def gone(pid: int) -> bool:
@@ -65,7 +67,7 @@ class Serve:
             WORKERS="1",
             DIFFQ_MODEL_STORE=str(ROOT / "model_store"),
             DIFFQ_VAR_DIR=str(tmp / "var"),
-            DIFFQ_WORKER_PORT=str(free_port()),
+            DIFFQ_WORKER_PORT=str(free_port_range(WORKER_PORTS)),
             DIFFQ_MAX_BATCH_ROWS="64",  # fixed, not measured at start
             DIFFQ_INTRA_OP_THREADS="1",
             DIFFQ_GRACE_SECONDS="10",
@@ -142,7 +144,7 @@ def test_valkey_restarts_a_second_serve_is_refused_and_children_die_with_serve(
     # A second serve on the same data directory (another port) stops at once, saying why.
     second = subprocess.run(
         [sys.executable, "-m", "diffq", "serve"],
-        env={**serve.env, "PORT": str(free_port()), "DIFFQ_WORKER_PORT": str(free_port())},
+        env={**serve.env, "PORT": str(free_port()), "DIFFQ_WORKER_PORT": str(free_port_range(WORKER_PORTS))},
         cwd=ROOT,
         capture_output=True,
         text=True,
