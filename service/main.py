@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from diffq import heap
 from diffq.logs import setup_logging
 from service.config import GatewaySettings
 from service.limits import HttpLimits, LimitedHttpToolsProtocol
@@ -51,7 +52,9 @@ def app_factory() -> FastAPI:
 
     settings = GatewaySettings()
     setup_logging(settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    heap.settle()
+    return app
 
 
 def raise_open_files_limit(connections: int) -> None:

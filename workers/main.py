@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from diffq import heap
 from diffq.exits import PROBE_PORT_EXIT
 from diffq.logs import setup_logging
 from diffq.store import RedisStore
@@ -153,6 +154,7 @@ def run_worker(
         health.redis_ok = lambda: worker.connected and worker.store.ping()  # not ready mid-outage
         health.stopping = worker.stop.is_set
         health.loaded = True
+        heap.settle()
         install_signal_handlers(worker)
         worker.run(burst=burst)
     finally:
