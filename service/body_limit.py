@@ -21,11 +21,14 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._too_large(scope, receive, send)
+        if length is not None and length.isdigit():
+            if int(length) > self.max_bytes:
+                await self._too_large(scope, receive, send)
+            else:  # the HTTP parser ends the body at its declared length: nothing to count
+                await self.app(scope, receive, send)
             return
-        # Read the body here, up to the bound (chunked bodies carry no length): past it the
-        # answer is this 413, not a parse error from deep in the framework.
+        # A body without a length (chunked) is read here, up to the bound: past it the answer
+        # is this 413, not a parse error from deep in the framework.
         chunks, seen = [], 0
         while True:
             message = await receive()
