@@ -146,12 +146,12 @@ ClientGone = Callable[[], Awaitable[None]]
 
 
 async def client_gone(request: Request) -> ClientGone:
-    """What returns once the client has disconnected. The body was read already (by the body-size
-    middleware, which replays it): what ``receive`` gives from here on is the disconnect."""
+    """What returns once the client has disconnected: ``receive`` gives what is left of the
+    body, if anything (a route that takes a body has read it), then the disconnect."""
 
     async def gone() -> None:
         while (await request.receive())["type"] != "http.disconnect":
-            pass  # the replayed body of a request no route read (a GET's empty one)
+            pass  # the body of a request no route read (a GET's, empty)
 
     return gone
 
