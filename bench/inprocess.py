@@ -27,8 +27,8 @@ from sampling.registry import get_plan
 from workers.batching import BatchPolicy
 from workers.engine import CallStats, Engine
 from workers.pipeline import Decoder, TextEncoder
+from workers.png import encode_png
 from workers.scheduler import Scheduler
-from workers.worker import encode_png
 
 # onnxruntime's threads spin for a while after a call, in the worker and here: a side measured
 # right after the other's last call would share the cores with that spinning. Pause this long.

@@ -10,7 +10,6 @@ the status, then the ack.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import signal
@@ -21,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
 from diffq import failpoints
 from diffq.failpoints import Failpoints
@@ -35,6 +33,7 @@ from workers.config import WorkerSettings
 from workers.engine import Engine
 from workers.metrics import WorkerMetrics
 from workers.pipeline import TEXT_ENCODER, VAE_DECODER, Decoder, PromptError, TextEncoder, sample_shape
+from workers.png import encode_png
 from workers.scheduler import Batch, InFlight, Scheduler
 
 log = logging.getLogger("diffq.worker")
@@ -718,12 +717,6 @@ class Worker:
                 )
         self._done_with(f.handle, f.job.id, finished=finished)
         self.scheduler.remove(f.job.id)
-
-
-def encode_png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def install_signal_handlers(worker: Worker) -> None:
