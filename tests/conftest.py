@@ -106,21 +106,22 @@ def free_port_range(count: int) -> int:
     be taken at any moment as the local end of an outgoing connection, and Linux gives connect()
     even ports and bind(0) odd ones, so ``free_port() + 1`` is just the kind a connection takes
     (CI once saw worker-1's port held for a minute that way)."""
-    low = _ephemeral_ports()[0]
+    low = _ephemeral_low()
+    top = low - count if low - count > 10_000 else 65_536 - count  # a range set that low: anywhere
     pick = random.Random()
     for _ in range(200):
-        base = pick.randrange(10_000, low - count)
+        base = pick.randrange(10_000, top)
         if all(_port_free(base + i) for i in range(count)):
             return base
-    raise RuntimeError(f"no {count} consecutive free ports found below {low}")
+    raise RuntimeError(f"no {count} consecutive free ports found below {top}")
 
 
-def _ephemeral_ports() -> tuple[int, int]:
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out to connections and to bind(0)."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def _port_free(port: int) -> bool:
