@@ -108,9 +108,8 @@ def free_port_range(count: int) -> int:
     (CI once saw worker-1's port held for a minute that way)."""
     low = _ephemeral_low()
     top = low - count if low - count > 10_000 else 65_536 - count  # a range set that low: anywhere
-    pick = random.Random()
     for _ in range(200):
-        base = pick.randrange(10_000, top)
+        base = random.randrange(10_000, top)
         if all(_port_free(base + i) for i in range(count)):
             return base
     raise RuntimeError(f"no {count} consecutive free ports found below {top}")

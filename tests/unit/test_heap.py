@@ -23,7 +23,7 @@ print(json.dumps([gc.get_freeze_count(), gc.get_threshold(), before]))
 """
 
 GATEWAY = """
-import gc, json, sys
+import gc, json
 from service.main import app_factory
 before = gc.get_freeze_count()
 app = app_factory()
