@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ from tqdm import tqdm
 SUBMIT_ATTEMPTS = 5  # a 503 or a lost connection is retried this many times in all
 MAX_RETRY_WAIT_SECONDS = 30.0  # a longer Retry-After is cut to this
 POLL_RETRY_SECONDS = 1.0  # a poll that got a 503 or no answer waits this long before the next
+# An event stream silent this long is lost (the gateway sends a heartbeat every 15 s by default).
+STREAM_READ_TIMEOUT_SECONDS = 60.0
+LIVE = ("queued", "running")
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -63,15 +68,16 @@ def _run(args: argparse.Namespace, body: dict[str, Any], headers: dict[str, str]
         print(f"job {job['id']} queued (seed {job['request']['seed']})")
         deadline = time.monotonic() + args.timeout
         with tqdm(total=job["progress"]["total"], unit="step") as bar:
-            while job["status"] in ("queued", "running"):
-                if time.monotonic() > deadline:
-                    print("timed out waiting for the job")
-                    return 1
-                time.sleep(0.1)
-                job = _poll(client, job)
-                bar.n = job["progress"]["step"]
+
+            def show(step: int, job: dict[str, Any]) -> None:
+                bar.n = step
                 bar.set_postfix(status=job["status"], queue=job["queue_position"])
                 bar.refresh()
+
+            job = follow(client, job, deadline, show)
+            if job["status"] in LIVE:
+                print("timed out waiting for the job")
+                return 1
         if job["status"] != "succeeded":
             print(f"job {job['status']}: {job.get('error')}")
             return 1
@@ -124,6 +130,77 @@ def retry_after(r: httpx.Response, default: float = 1.0) -> float:
     except ValueError:
         seconds = default
     return min(MAX_RETRY_WAIT_SECONDS, max(0.0, seconds))
+
+
+def follow(
+    client: httpx.Client, job: dict[str, Any], deadline: float, show: Callable[[int, dict[str, Any]], None]
+) -> dict[str, Any]:
+    """The job once terminal (or as last seen, at ``deadline``), following its event stream
+    (``GET /v1/jobs/{id}/events``) and telling ``show`` each step. A lost stream is resumed
+    with ``Last-Event-ID``; a gateway that will not stream (429: the key's streams are all
+    open; an older gateway's 404) is polled instead."""
+    last_id: str | None = None
+    timeout = httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT_SECONDS)
+    while job["status"] in LIVE and time.monotonic() < deadline:
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        try:
+            with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers=headers, timeout=timeout) as r:
+                if r.status_code != 200:
+                    return _poll_until(client, job, deadline, show)
+                for event in sse_events(r.iter_lines()):
+                    last_id = event.id or last_id
+                    if event.event == "job":
+                        job = json.loads(event.data)
+                        show(job["progress"]["step"], job)
+                    elif event.event == "progress":
+                        show(json.loads(event.data)["step"], job)
+                    if job["status"] not in LIVE or time.monotonic() > deadline:
+                        break
+        except httpx.TransportError:  # the gateway restarting, say: resume shortly
+            time.sleep(POLL_RETRY_SECONDS)
+    return job
+
+
+def _poll_until(
+    client: httpx.Client, job: dict[str, Any], deadline: float, show: Callable[[int, dict[str, Any]], None]
+) -> dict[str, Any]:
+    while job["status"] in LIVE and time.monotonic() < deadline:
+        time.sleep(0.1)
+        job = _poll(client, job)
+        show(job["progress"]["step"], job)
+    return job
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Server-Sent Event: its type, its data and the last event id the stream gave."""
+
+    event: str
+    data: str
+    id: str | None
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[Event]:
+    """The events of a ``text/event-stream`` body, line by line (the HTML standard's parsing:
+    comments and ``retry`` skipped, ``data`` lines joined, the id kept until a new one)."""
+    event, last_id = "message", None
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield Event(event, "\n".join(data), last_id)
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id" and "\0" not in value:
+            last_id = value
 
 
 def _poll(client: httpx.Client, job: dict[str, Any]) -> dict[str, Any]:

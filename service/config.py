@@ -48,7 +48,8 @@ class GatewaySettings(CommonSettings):
         default=32,
         ge=1,
         le=1_000_000,
-        description="`Prefer: wait` requests one API key may have waiting at once, per gateway process; "
+        description="`Prefer: wait` requests and event streams one API key may have open at once, per "
+        "gateway process; "
         "past it, 429 too_many_waiters (Retry-After) before anything is done (a submission is not "
         "queued): poll instead, or retry. With auth off every client is the one key `anonymous`.",
     )
@@ -56,9 +57,24 @@ class GatewaySettings(CommonSettings):
         default=512,
         ge=1,
         le=1_000_000,
-        description="`Prefer: wait` requests one gateway process holds at once, all keys together; past it, "
+        description="`Prefer: wait` requests and event streams one gateway process holds at once, all keys "
+        "together; past it, "
         "429 too_many_waiters. Keep it below DIFFQ_MAX_CONNECTIONS, so waiting requests never hold every "
         "connection.",
+    )
+    event_heartbeat_seconds: float = Field(
+        default=15.0,
+        ge=0.05,
+        le=300,
+        description="A job's event stream (GET /v1/jobs/{id}/events) sends a comment this often while "
+        "nothing happens (proxies close idle connections), and reads the job's record then.",
+    )
+    event_stream_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        le=86_400,
+        description="Longest an event stream stays open; then it ends and the client resumes with "
+        "Last-Event-ID. A stream holds one of the key's waiting places (DIFFQ_MAX_WAITERS_PER_KEY).",
     )
     public_base_url: str = Field(
         default="", description="Prefix for image URLs in job views; empty = relative URLs."

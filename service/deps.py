@@ -142,6 +142,16 @@ IdempotencyKey = Annotated[
     ),
 ]
 
+LastEventId = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        max_length=64,
+        description="An event stream's resumption: the `id` of the last event the client received "
+        "(an EventSource sends it by itself when it reconnects).",
+    ),
+]
+
 ClientGone = Callable[[], Awaitable[None]]
 
 

@@ -106,6 +106,16 @@ def error_responses(*errors: type[ServiceError] | str) -> dict[int | str, dict[s
     return out
 
 
+def json_error_responses(*errors: type[ServiceError] | str) -> dict[int | str, dict[str, Any]]:
+    """``error_responses`` for a route whose own answer is not JSON (an event stream): FastAPI
+    would document the error bodies in the route's media type, so they name theirs."""
+    out = error_responses(*errors)
+    for entry in out.values():
+        del entry["model"]
+        entry["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return out
+
+
 def error_response(status: int, body: dict[str, Any], retry_after: float | None = None) -> JSONResponse:
     """An error body (``{"error": body}``) with Retry-After in whole seconds, at least 1."""
     headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None

@@ -8,7 +8,7 @@ scraped, by whichever gateway process answers the scrape, so several processes n
 the same backlog twice.
 
 ``diffq_waiters`` is set by each process's ``Waiters`` (``on_count``) as a ``Prefer: wait``
-request takes or gives back its waiting place; in multiprocess mode a scrape sums the live
+request or an event stream takes or gives back its waiting place; in multiprocess mode a scrape sums the live
 processes' values.
 """
 
@@ -56,7 +56,7 @@ class GatewayMetrics:
         )
         self.waiters = Gauge(
             f"{PREFIX}_waiters",
-            "Prefer: wait requests waiting now, summed over the gateway's processes.",
+            "Prefer: wait requests waiting and event streams open now, summed over the gateway's processes.",
             registry=r,
             multiprocess_mode="livesum",  # each process sets its own count; a scrape adds them
         )

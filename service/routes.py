@@ -26,6 +26,7 @@ from service import job_ops, openai_images
 from service.deps import (
     ClientGoneDep,
     IdempotencyKey,
+    LastEventId,
     MetricsAccess,
     OwnerDep,
     StateDep,
@@ -33,7 +34,8 @@ from service.deps import (
     WaitDep,
     client_gone,
 )
-from service.errors import RETRY_AFTER_HEADER, error_responses
+from service.errors import RETRY_AFTER_HEADER, error_responses, json_error_responses
+from service.events import EventId, EventStreamResponse, job_events
 from service.openai_errors import OpenAIRoute, openai_error_responses
 from service.schemas import (
     ErrorBody,
@@ -47,6 +49,7 @@ from service.schemas import (
 from service.state import State
 from service.submit_route import SubmitRoute
 from service.views import job_view, model_view
+from service.waiters import TooManyWaiters
 
 # A submission the job store did not answer (a timeout, a connection lost mid-call) may have
 # been accepted all the same: its 503 names the job, which the gateway chose before the call.
@@ -92,6 +95,50 @@ CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
         "(`cancel_requested` is true; it ends `cancelled`, or `succeeded` if it was on its last step)",
     },
     **error_responses(Unauthorized, NotFound, Conflict, ValidationFailed),
+}
+
+
+def _event(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One kind of event of a job's stream: its name, its data (JSON) and its id."""
+    return {
+        "type": "object",
+        "required": ["event", "data", "id"],
+        "properties": {
+            "event": {"const": name},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+            "id": {"type": "string", "pattern": r"^[0-9]+\.[a-z]+\.[0-9]+$"},
+        },
+    }
+
+
+# Each event of GET /v1/jobs/{id}/events, as an SSE parser gives it (OpenAPI 3.2's
+# ``itemSchema``, as FastAPI documents its own event streams).
+EVENT_SCHEMA = {
+    "oneOf": [
+        _event("job", {"$ref": "#/components/schemas/JobView"}),
+        _event(
+            "progress",
+            {
+                "type": "object",
+                "required": ["step", "total"],
+                "properties": {
+                    "step": {"type": "integer", "minimum": 0},
+                    "total": {"type": "integer", "minimum": 1},
+                },
+                "additionalProperties": False,
+            },
+        ),
+    ]
+}
+EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/event-stream": {"itemSchema": EVENT_SCHEMA}},
+        "description": "Server-Sent Events: `job` (the job view) when the stream opens and at every "
+        'status change, `progress` (`{"step", "total"}`) at every step, a `: heartbeat` comment '
+        "while nothing happens; the stream ends after the `job` event of a terminal status (or after "
+        "DIFFQ_EVENT_STREAM_SECONDS: resume with Last-Event-ID)",
+    },
+    **json_error_responses(Unauthorized, NotFound, ValidationFailed, TooManyWaiters),
 }
 MODELS_RESPONSES = error_responses(Unauthorized)
 # /readyz's own 503 is a Health body (not ready); the protocol layer's is an error body.
@@ -155,6 +202,28 @@ async def get_image(job_id: str, index: int, state: StateDep, owner: OwnerDep) -
     """One image of a succeeded job, as PNG."""
     data = await job_ops.image(state, job_id, index, owner)
     return Response(content=data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    status_code=200,
+    responses=EVENTS_RESPONSES,
+    response_class=EventStreamResponse,
+    tags=["jobs"],
+)
+async def job_events_stream(
+    job_id: str, state: StateDep, owner: OwnerDep, last_event_id: LastEventId = None
+) -> Response:
+    """The job's status changes and steps as they happen (Server-Sent Events). The stream holds
+    one of the key's waiting places (429 `too_many_waiters` past the bound, as `Prefer: wait`)."""
+    last = EventId.parse(last_event_id) if last_event_id else None
+    await job_ops.load(state, job_id, owner)  # 404 before anything is held
+    with contextlib.ExitStack() as places:
+        places.enter_context(state.waiters.slot(owner, instead=f"poll GET /v1/jobs/{job_id}"))
+        listener = places.enter_context(state.waiters.listen(job_id))
+        # Held until the response is over: the response gives them back.
+        held = places.pop_all()
+    return EventStreamResponse(job_events(state, job_id, owner, listener, last), on_close=held.close)
 
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobView, responses=CANCEL_RESPONSES, tags=["jobs"])

@@ -1,13 +1,15 @@
-"""``Prefer: wait``: requests held until their job is terminal, at no cost to anyone else.
+"""``Prefer: wait`` and event streams: requests held open on a job, at no cost to anyone else.
 
-One pub/sub connection per gateway process (``RedisStore.done_feed``, a pattern subscription
-to every job's terminal announcement, not a connection of the store's pool) wakes the waiting
-requests of the announced job, each an ``asyncio.Event`` on the event loop. A waiting request
-holds no Redis connection and no thread: only its HTTP connection.
+One pub/sub connection per gateway process (``RedisStore.job_feed``, pattern subscriptions to
+every job's terminal announcement and to watched jobs' steps, not a connection of the store's
+pool) wakes the waiting requests of the announced job, each an ``asyncio.Event`` on the event
+loop, and hands each event stream (``listen``) its job's announcements. A waiting request or a
+stream holds no Redis connection and no thread: only its HTTP connection.
 
-Waiting is bounded per API key (``DIFFQ_MAX_WAITERS_PER_KEY``) and per process
-(``DIFFQ_MAX_WAITERS``); past either a request is refused with 429 ``too_many_waiters`` before
-anything is done (a submission is not queued), so one key's waiters cannot take the others'.
+Waiting requests and event streams share one bound per API key (``DIFFQ_MAX_WAITERS_PER_KEY``)
+and one per process (``DIFFQ_MAX_WAITERS``); past either a request is refused with 429
+``too_many_waiters`` before anything is done (a submission is not queued), so one key's
+waiters cannot take the others'.
 
 An announcement can be missed only while the subscription is down: after it is made again
 (the feed reconnects by itself, with back-off, after a store restart) every waiter reads its
@@ -22,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 
 from diffq.errors import ServiceError
-from diffq.store import DoneFeed, RedisStore
+from diffq.store import Announcement, JobFeed, RedisStore
 
 log = logging.getLogger("diffq.gateway")
 
@@ -54,6 +57,45 @@ class _Waiter:
         self.announced = False
 
 
+# Announcements an event stream has not taken yet, at most (a job's steps, then its end); past
+# it the oldest go and the stream reads the record again instead.
+_LISTENER_BACKLOG = 4096
+
+
+class Listener:
+    """One event stream's inbox: its job's announcements, in order, and whether it must read
+    the record again (announcements may have been missed: the feed was made again, or the
+    inbox overflowed)."""
+
+    __slots__ = ("_event", "_items", "resync")
+
+    def __init__(self) -> None:
+        self._items: deque[Announcement] = deque()
+        self._event = asyncio.Event()
+        self.resync = False
+
+    def put(self, announcement: Announcement) -> None:
+        if len(self._items) >= _LISTENER_BACKLOG:
+            self._items.popleft()
+            self.resync = True
+        self._items.append(announcement)
+        self._event.set()
+
+    def wake(self) -> None:
+        self.resync = True
+        self._event.set()
+
+    async def next(self, timeout: float) -> list[Announcement]:
+        """What was announced since the last call (waiting up to ``timeout`` seconds for
+        something, or for a ``wake``); empty when nothing was."""
+        if not self._items and not self.resync:
+            self._event.clear()
+            await _wait_for(self._event, timeout)
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+
 class Waiters:
     """The waiting requests of one gateway process and the subscription that wakes them."""
 
@@ -78,6 +120,7 @@ class Waiters:
         self._live = asyncio.Event()  # set while the subscription is confirmed and read
         self._reads = asyncio.Semaphore(_CONCURRENT_READS)
         self._by_job: dict[str, set[_Waiter]] = {}
+        self._listeners: dict[str, set[Listener]] = {}
 
     # bounds -----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -154,15 +197,42 @@ class Waiters:
                 if not waiters:
                     del self._by_job[job_id]
 
-    def _announce(self, job_id: str) -> None:
-        for waiter in self._by_job.get(job_id, ()):
-            waiter.announced = True
-            waiter.event.set()
+    @contextlib.contextmanager
+    def listen(self, job_id: str) -> Iterator[Listener]:
+        """An inbox for job ``job_id``'s announcements while inside (an event stream's): its
+        terminal status and, while the job is watched, its steps. Registered on entry, so
+        whatever is announced from then on reaches it. ``resync`` starts set if the
+        subscription is down, and is set again when it is made again: announcements may have
+        been missed meanwhile."""
+        self.start()
+        listener = Listener()
+        listener.resync = not self._live.is_set()
+        self._listeners.setdefault(job_id, set()).add(listener)
+        try:
+            yield listener
+        finally:
+            listeners = self._listeners.get(job_id)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[job_id]
+
+    def _announce(self, announcement: Announcement) -> None:
+        job_id = announcement.job_id
+        if announcement.status is not None:
+            for waiter in self._by_job.get(job_id, ()):
+                waiter.announced = True
+                waiter.event.set()
+        for listener in self._listeners.get(job_id, ()):
+            listener.put(announcement)
 
     def _wake_all(self) -> None:
         for waiters in self._by_job.values():
             for waiter in waiters:
                 waiter.event.set()
+        for listeners in self._listeners.values():
+            for listener in listeners:
+                listener.wake()
 
     # the subscription -------------------------------------------------------------------
     def start(self) -> None:
@@ -188,7 +258,7 @@ class Waiters:
         backoff, down_since_logged = _BACKOFF_SECONDS[0], False
         while True:
             try:
-                feed = await self._store.done_feed()
+                feed = await self._store.job_feed()
             except Exception as e:  # the store away (any error): try again, with back-off
                 if not down_since_logged:
                     log.warning("job waits cannot subscribe; retrying", extra={"error": type(e).__name__})
@@ -210,11 +280,11 @@ class Waiters:
                 self._live.clear()
                 await feed.aclose()
 
-    async def _read(self, feed: DoneFeed) -> None:
+    async def _read(self, feed: JobFeed) -> None:
         while True:
-            job_id = await feed.next(timeout=1.0)
-            if job_id is not None:
-                self._announce(job_id)
+            announcement = await feed.next(timeout=1.0)
+            if announcement is not None:
+                self._announce(announcement)
 
 
 async def _wait_for(event: asyncio.Event, timeout: float) -> None:

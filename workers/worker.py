@@ -81,6 +81,7 @@ class Worker:
         self.metrics.loaded(self.engine.load_seconds)
         self.last_tick: float | None = None  # monotonic time the loop last went round
         self._cancel_flags: set[str] = set()  # cancels requested, as of the last progress write
+        self._watched: set[str] = set()  # jobs an event stream follows: their every step is written
         self._queue_empty_at = 0.0  # monotonic time a claim last came back empty
         self._last_progress = 0.0  # monotonic time of the last progress write
         self._news: NewWork | None = None  # submissions announced to this worker
@@ -632,12 +633,21 @@ class Worker:
         return ran, outputs, failed
 
     def _write_progress(self) -> None:
-        """The stepping jobs' steps (at most every ``progress_interval_ms``), and with them the
-        cancels requested (``_drop_cancelled`` acts on them)."""
+        """The stepping jobs' steps (at most every ``progress_interval_ms``, and at every step
+        for the jobs an event stream watches), and with them the cancels requested
+        (``_drop_cancelled`` acts on them) and the watches."""
         stepping = [f for f in self.scheduler.running.values() if not f.done]
         now = time.monotonic()
-        if stepping and now - self._last_progress >= self.settings.progress_interval_ms / 1000:
-            self._cancel_flags = self.store.set_progress({f.job.id: f.step for f in stepping})
+        due = now - self._last_progress >= self.settings.progress_interval_ms / 1000
+        if not due:
+            stepping = [f for f in stepping if f.job.id in self._watched]
+        if not stepping:
+            return
+        steps = {f.job.id: f.step for f in stepping}
+        flags = self.store.set_progress(steps, time.time())
+        self._cancel_flags |= flags.cancelled
+        self._watched = (self._watched & self.scheduler.running.keys()) - steps.keys() | flags.watched
+        if due:
             self._last_progress = now
 
     def _store_finished(self) -> None:

@@ -7,7 +7,8 @@ The only package that talks to Redis:
 - ``records``: job records, compare-and-set status changes, results, progress, cancels;
 - ``admission``: the gateway's side: admission, the fair order, positions, the backlog;
 - ``work_queue``: the workers' side: claims, leases, reclaims, dead letters, heartbeats;
-- ``feeds``: pub/sub announcements (new work to busy workers, terminal jobs to waiters);
+- ``feeds``: pub/sub announcements (new work to busy workers; terminal jobs and watched jobs'
+  steps to the gateway);
 - ``faults``: every Redis error translated, once;
 - ``codec``, ``connection``: the record's fields, the clients.
 
@@ -23,9 +24,9 @@ from typing import ClassVar
 
 from diffq.store.admission import Admission, Limits, QueueStats, Submitted
 from diffq.store.faults import UNREACHABLE, Fault, fault
-from diffq.store.feeds import DoneFeed, NewWork
+from diffq.store.feeds import Announcement, JobFeed, NewWork
 from diffq.store.keys import GROUP, Keys
-from diffq.store.records import JobRecords
+from diffq.store.records import JobRecords, ProgressFlags
 from diffq.store.work_queue import Claim, Claimed, WorkQueue
 
 
@@ -43,13 +44,15 @@ class RedisStore(JobRecords, Admission, WorkQueue):
 
 __all__ = [
     "GROUP",
+    "Announcement",
     "Claim",
     "Claimed",
-    "DoneFeed",
     "Fault",
+    "JobFeed",
     "Keys",
     "Limits",
     "NewWork",
+    "ProgressFlags",
     "QueueStats",
     "RedisStore",
     "Submitted",

@@ -1,10 +1,12 @@
-"""Pub/sub: the announcements of new work to busy workers, and of terminal jobs to waiters."""
+"""Pub/sub: the announcements of new work to busy workers, and of terminal jobs and watched
+jobs' steps to the gateway's waiting requests and event streams."""
 
 from __future__ import annotations
 
 import contextlib
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -63,43 +65,63 @@ class NewWork:
             self._pubsub.close()
 
 
-class DoneFeed:
-    """Terminal announcements of every job, from one pattern subscription (``RedisStore.done_feed``).
+@dataclass(frozen=True)
+class Announcement:
+    """One message of a ``JobFeed``: a job turned terminal (``status``), or a watched job's
+    worker wrote its ``step``."""
+
+    job_id: str
+    status: str | None = None
+    step: int | None = None
+
+
+class JobFeed:
+    """Every job's terminal announcements and watched jobs' steps, from one connection's two
+    pattern subscriptions (``RedisStore.job_feed``).
 
     One message per terminal transition of any job of this prefix reaches every gateway
     process: a few bytes each, against a pub/sub connection per waiting request otherwise.
+    Steps are announced only for jobs an event stream watches (``RedisStore.watch_async``).
     A silent server (paused, a network partition) would look like a quiet one, so a quiet
     connection is pinged and one that does not answer raises ``ConnectionError``.
     """
 
-    def __init__(self, client: Any, pubsub: Any, channel_prefix: str, timeout: float) -> None:
+    def __init__(self, client: Any, pubsub: Any, done_prefix: str, step_prefix: str, timeout: float) -> None:
         self._client, self._pubsub = client, pubsub
-        self._channel_prefix = channel_prefix
-        self.pattern = re.sub(r"([*?\[\]\\])", r"\\\1", channel_prefix) + "*"  # the prefix literally
+        self._done_prefix, self._step_prefix = done_prefix, step_prefix
+        self.patterns = (_literally(done_prefix) + "*", _literally(step_prefix) + "*")
         self._timeout = timeout
         self._last_heard = time.monotonic()
         self._pinged = False
 
     async def confirmed(self) -> None:
-        """Until the server confirmed the pattern subscription (or ``timeout`` passes)."""
+        """Until the server confirmed both pattern subscriptions (or ``timeout`` passes)."""
         deadline = time.monotonic() + self._timeout
+        confirmed = 0
         while (left := deadline - time.monotonic()) > 0:
             message = await self._pubsub.get_message(timeout=left)
             if message is not None and message["type"] == "psubscribe":
-                self._last_heard = time.monotonic()
-                return
+                confirmed += 1
+                if confirmed == len(self.patterns):
+                    self._last_heard = time.monotonic()
+                    return
         raise redis.TimeoutError("the job store did not confirm the subscription")
 
-    async def next(self, timeout: float) -> str | None:
-        """The id of a job announced terminal, or None when none was within ``timeout``.
-        Raises redis-py's errors when the connection is lost or the server stops answering."""
+    async def next(self, timeout: float) -> Announcement | None:
+        """The next announcement, or None when none came within ``timeout``. Raises redis-py's
+        errors when the connection is lost or the server stops answering."""
         message = await self._pubsub.get_message(timeout=timeout)
         now = time.monotonic()
         if message is not None:
             self._last_heard, self._pinged = now, False
+            if message["type"] != "pmessage":
+                return None
             channel = text(message.get("channel") or b"")
-            if message["type"] == "pmessage" and channel.startswith(self._channel_prefix):
-                return channel[len(self._channel_prefix) :]
+            data = text(message.get("data") or b"")
+            if channel.startswith(self._done_prefix):
+                return Announcement(channel[len(self._done_prefix) :], status=data)
+            if channel.startswith(self._step_prefix) and data.isdigit():
+                return Announcement(channel[len(self._step_prefix) :], step=int(data))
             return None
         quiet = now - self._last_heard
         if self._pinged and quiet > _FEED_PING_SECONDS + self._timeout:
@@ -114,3 +136,8 @@ class DoneFeed:
             await self._pubsub.aclose()
         with contextlib.suppress(Exception):
             await self._client.aclose()
+
+
+def _literally(prefix: str) -> str:
+    """``prefix`` as a glob pattern that matches it literally."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix)

@@ -27,6 +27,7 @@ Admission
 
 Channels
 - ``<p>:done:<id>``           a job's terminal status (one pattern subscription per gateway)
+- ``<p>:step:<id>``           a watched job's steps, as its worker writes them (event streams)
 - ``<p>:new:<m>``             each submission, for busy workers (a hint, never the queue)
 """
 
@@ -105,3 +106,10 @@ class Keys:
     @property
     def done_channel_prefix(self) -> str:
         return self.done_channel("")
+
+    def step_channel(self, job_id: str) -> str:
+        return f"{self.prefix}:step:{job_id}"
+
+    @property
+    def step_channel_prefix(self) -> str:
+        return self.step_channel("")

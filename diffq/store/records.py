@@ -1,9 +1,11 @@
 """Job records: reads, compare-and-set status changes (with their bookkeeping), results,
-progress and cancel flags, and the terminal announcements that wake waiting requests."""
+progress, cancel and watch flags, and the announcements that wake waiting requests and event
+streams."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -15,7 +17,7 @@ from diffq.jobs import Job
 from diffq.store.codec import MUTABLE_FIELDS, decode, mutable_fields, text
 from diffq.store.connection import CLIENT_OPTIONS, Connection
 from diffq.store.faults import unavailable
-from diffq.store.feeds import DoneFeed
+from diffq.store.feeds import JobFeed
 from diffq.store.lua import TAKE_FN, Call, Script, run, run_async, run_many
 
 # Compare-and-set the status (``expected`` -> ``status``) and set the changed fields (pairs from
@@ -76,19 +78,28 @@ return transition(more_argv + n)
 )
 
 # Each running job's step (the i-th record of the tail gets the i-th step), on records that
-# still exist; returns the 1-based indices of those whose cancel was requested.
+# still exist. A job watched by an event stream (its ``watch`` field, a unix time, not past
+# ``now``) has the step announced on its step channel. Returns the 1-based indices of the jobs
+# whose cancel was requested, and of the watched ones.
 SET_PROGRESS = Script(
     (),
-    (),
+    ("now", "job_prefix", "step_prefix"),
     """
-local cancelled = {}
+local cancelled, watched = {}, {}
+local t = tonumber(now)
 for i = more_keys, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('HSET', KEYS[i], 'step', ARGV[more_argv + i - more_keys])
-    if redis.call('HGET', KEYS[i], 'cancel') == '1' then table.insert(cancelled, i) end
+    local step = ARGV[more_argv + i - more_keys]
+    redis.call('HSET', KEYS[i], 'step', step)
+    local flags = redis.call('HMGET', KEYS[i], 'cancel', 'watch')
+    if flags[1] == '1' then table.insert(cancelled, i) end
+    if flags[2] and tonumber(flags[2]) >= t then
+      table.insert(watched, i)
+      redis.call('PUBLISH', step_prefix .. string.sub(KEYS[i], #job_prefix + 1), step)
+    end
   end
 end
-return cancelled
+return {cancelled, watched}
 """,
 )
 
@@ -98,6 +109,28 @@ REQUEST_CANCEL = Script(
     (),
     "if redis.call('EXISTS', job) == 1 then redis.call('HSET', job, 'cancel', '1') end return 1",
 )
+
+# Mark a live job watched by an event stream until ``watch_until`` (unix seconds; the later mark wins):
+# its worker then announces every step. Nothing for a terminal or expired record.
+WATCH = Script(
+    ("job",),
+    ("watch_until",),
+    """
+local status = redis.call('HGET', job, 'status')
+if status ~= 'queued' and status ~= 'running' then return 0 end
+local cur = tonumber(redis.call('HGET', job, 'watch') or '0')
+if tonumber(watch_until) > cur then redis.call('HSET', job, 'watch', watch_until) end
+return 1
+""",
+)
+
+
+@dataclass(frozen=True)
+class ProgressFlags:
+    """What a progress write learnt of the jobs it wrote."""
+
+    cancelled: set[str]  # a cancel was requested: the worker stops them at the next step
+    watched: set[str]  # an event stream follows them: the worker announces every step
 
 
 class JobRecords(Connection):
@@ -184,14 +217,24 @@ class JobRecords(Connection):
         }
         return script.bind(keys, argv, more_argv=[*pngs, *fields])
 
-    def set_progress(self, steps: dict[str, int]) -> set[str]:
-        """Record each running job's step, and return the jobs whose cancel was requested:
-        the worker's one round trip per step for the whole batch."""
+    def set_progress(self, steps: dict[str, int], now: float) -> ProgressFlags:
+        """Record each running job's step (announcing those of watched jobs), and learn which
+        jobs' cancel was requested and which are watched: the worker's one round trip per step
+        for the whole batch. ``now``: unix time, against the watch marks."""
         if not steps:
-            return set()
+            return ProgressFlags(set(), set())
         ids = list(steps)
-        call = SET_PROGRESS.bind({}, {}, [self.keys.job(j) for j in ids], list(steps.values()))
-        return {ids[int(i) - 1] for i in run(self._r, call)}
+        argv = {"now": now, "job_prefix": self.keys.job_prefix, "step_prefix": self.keys.step_channel_prefix}
+        call = SET_PROGRESS.bind({}, argv, [self.keys.job(j) for j in ids], list(steps.values()))
+        cancelled, watched = run(self._r, call)
+        return ProgressFlags({ids[int(i) - 1] for i in cancelled}, {ids[int(i) - 1] for i in watched})
+
+    async def watch_async(self, job_id: str, until: float) -> None:
+        """Mark a live job watched by an event stream until ``until`` (unix seconds)."""
+        with unavailable():
+            await run_async(
+                self._async(), WATCH.bind({"job": self.keys.job(job_id)}, {"watch_until": int(until)})
+            )
 
     async def request_cancel_async(self, job_id: str) -> None:
         """Flag a running job's cancel (its worker stops it at the next step)."""
@@ -217,12 +260,13 @@ class JobRecords(Connection):
             data = await self._async().hmget(self.keys.images(job_id), [str(i) for i in range(count)])
         return [bytes(d) if d is not None else None for d in data]
 
-    async def done_feed(self) -> DoneFeed:
-        """A subscription to every job's terminal announcement (``<p>:done:*``) on a connection
-        of its own, never one of the pool's: one per gateway process serves all its waiting
-        requests (``service/waiters.py``). Returns once Valkey confirmed the subscription, so
-        any job that turns terminal after this returns is announced on it. Redis errors are
-        raised untranslated (the caller reconnects)."""
+    async def job_feed(self) -> JobFeed:
+        """A subscription to every job's terminal announcement (``<p>:done:*``) and watched
+        jobs' steps (``<p>:step:*``) on a connection of its own, never one of the pool's: one
+        per gateway process serves all its waiting requests and event streams
+        (``service/waiters.py``). Returns once Valkey confirmed the subscriptions, so any job
+        that turns terminal after this returns is announced on it. Redis errors are raised
+        untranslated (the caller reconnects)."""
         client = redis.asyncio.Redis.from_url(
             self._url,
             socket_timeout=self._timeout,
@@ -233,9 +277,11 @@ class JobRecords(Connection):
             **CLIENT_OPTIONS,
         )
         pubsub = client.pubsub()
-        feed = DoneFeed(client, pubsub, self.keys.done_channel_prefix, self._timeout)
+        feed = JobFeed(
+            client, pubsub, self.keys.done_channel_prefix, self.keys.step_channel_prefix, self._timeout
+        )
         try:
-            await pubsub.psubscribe(feed.pattern)
+            await pubsub.psubscribe(*feed.patterns)
             await feed.confirmed()
         except BaseException:
             await feed.aclose()

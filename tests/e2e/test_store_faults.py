@@ -21,6 +21,7 @@ import redis
 
 from diffq.serve import free_port, start_valkey, wait_for_http
 from tests.conftest import Stack, stack_env, wait_for
+from tests.e2e.test_events_e2e import Reader, stream
 from tests.e2e.test_faults import eventually, record, records, submit
 
 STEPS = {"steps": 4}
@@ -207,4 +208,23 @@ def test_waiting_requests_survive_a_store_restart(valkey: Valkey, stack: Stack) 
         long_wait.join(10)
         assert [x.status_code for x in across] == [200], [x.text for x in across]
         assert across[0].json()["status"] == "queued"
+    assert "Traceback" not in stack.read_log("gateway")
+
+
+def test_an_event_stream_survives_a_store_restart(valkey: Valkey, stack: Stack) -> None:
+    """Open on a queued job across a Valkey restart: heartbeats go on, the gateway's
+    subscription is made again, and the job's start, steps and end reach the stream."""
+    stack.start_gateway()
+    stack.wait_ready()
+    with httpx.Client(base_url=stack.base_url, timeout=10) as client:
+        job_id = submit(client, {"class_label": 5, "steps": 6})  # no worker yet: it stays queued
+        reader = Reader(stream(client, job_id))
+        assert reader.first.wait(30)
+        valkey.restart()
+        assert wait_for_http(f"{stack.base_url}/readyz", timeout=20)
+        time.sleep(1.5)  # the subscription is made again (its back-off starts at 0.1 s)
+        stack.start_worker("worker-a", DIFFQ_PROGRESS_INTERVAL_MS="60000")
+        reader.join()
+    assert [j["status"] for j in reader.jobs()] == ["queued", "running", "succeeded"]
+    assert reader.steps() == [1, 2, 3, 4, 5, 6] and reader.ended
     assert "Traceback" not in stack.read_log("gateway")

@@ -81,9 +81,9 @@ def test_images_and_cancel_flag(store: RedisStore) -> None:
     assert len(store.claim(MODEL, "w", 1)) == 1
     running = transition(job, Status.RUNNING, time.time(), worker="w")
     assert store.save_transition(job, running)
-    assert store.set_progress({job.id: 1}) == set()
+    assert store.set_progress({job.id: 1}, time.time()).cancelled == set()
     asyncio.run(store.request_cancel_async(job.id))
-    assert store.set_progress({job.id: 2}) == {job.id}
+    assert store.set_progress({job.id: 2}, time.time()).cancelled == {job.id}
     assert store.get(job.id).step == 2  # type: ignore[union-attr]
     done = transition(running, Status.SUCCEEDED, time.time(), image_count=2)
     assert store.store_results([(running, done, [b"png0", b"png1"])]) == [True]
@@ -123,8 +123,9 @@ def test_unreachable_redis_is_unavailable_quickly() -> None:
 def test_progress_and_cancel_never_resurrect_an_expired_record(store: RedisStore) -> None:
     live, gone = new_job(), new_job()
     store.submit(live)
-    store.set_progress({live.id: 3, gone.id: 5})
+    store.set_progress({live.id: 3, gone.id: 5}, time.time())
     asyncio.run(store.request_cancel_async(gone.id))
+    asyncio.run(store.watch_async(gone.id, time.time() + 60))
     got = store.get(live.id)
     assert got is not None and got.step == 3
     assert store.get(gone.id) is None
@@ -134,10 +135,48 @@ def test_progress_write_reports_requested_cancels(store: RedisStore) -> None:
     a, b = new_job(), new_job()
     store.submit(a)
     store.submit(b)
-    assert store.set_progress({a.id: 1, b.id: 1}) == set()
+    assert store.set_progress({a.id: 1, b.id: 1}, time.time()).cancelled == set()
     asyncio.run(store.request_cancel_async(b.id))
-    assert store.set_progress({a.id: 2, b.id: 2}) == {b.id}
-    assert store.set_progress({a.id: 3, b.id: 3}) == {b.id}  # the flag stays until the job ends
+    assert store.set_progress({a.id: 2, b.id: 2}, time.time()).cancelled == {b.id}
+    # the flag stays until the job ends
+    assert store.set_progress({a.id: 3, b.id: 3}, time.time()).cancelled == {b.id}
+
+
+def test_watched_jobs_have_their_steps_announced_until_the_mark_lapses(store: RedisStore) -> None:
+    """A progress write announces the steps of the jobs an event stream marked watched, on the
+    gateway's feed, and tells the worker which they are; a lapsed mark, a terminal job or an
+    unwatched one announces nothing."""
+    watched, plain, ended = new_job(), new_job(), new_job()
+    for j in (watched, plain, ended):
+        store.submit(j)
+    cancelled = transition(ended, Status.CANCELLED, time.time())
+    assert store.save_transition(ended, cancelled)
+    now = time.time()
+
+    async def scenario() -> list[tuple[str, int | None, str | None]]:
+        feed = await store.job_feed()
+        try:
+            await store.watch_async(watched.id, now + 10)
+            await store.watch_async(watched.id, now + 5)  # an earlier mark does not shorten it
+            await store.watch_async(ended.id, now + 10)  # terminal: not marked
+            flags = store.set_progress({watched.id: 1, plain.id: 1}, now)
+            assert flags.watched == {watched.id} and flags.cancelled == set()
+            assert store.set_progress({watched.id: 2}, now + 8).watched == {watched.id}
+            assert store.set_progress({watched.id: 3}, now + 11).watched == set()  # lapsed
+            store._r.publish(store.keys.done_channel(plain.id), "succeeded")
+            got = []
+            while len(got) < 3 and (a := await feed.next(timeout=2.0)) is not None:
+                got.append((a.job_id, a.step, a.status))
+            return got
+        finally:
+            await feed.aclose()
+
+    assert asyncio.run(scenario()) == [
+        (watched.id, 1, None),
+        (watched.id, 2, None),
+        (plain.id, None, "succeeded"),
+    ]
+    assert store._r.hget(store.keys.job(ended.id), "watch") is None
 
 
 def test_a_record_lives_while_its_job_does_then_for_the_ttl(valkey: str, prefix: str) -> None:
