@@ -35,7 +35,7 @@ from service.deps import (
     client_gone,
 )
 from service.errors import RETRY_AFTER_HEADER, error_responses, json_error_responses
-from service.events import EventId, EventStreamResponse, job_events
+from service.events import EVENT_SCHEMA, EventId, EventStreamResponse, job_events
 from service.openai_errors import OpenAIRoute, openai_error_responses
 from service.schemas import (
     ErrorBody,
@@ -98,38 +98,6 @@ CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _event(name: str, data: dict[str, Any]) -> dict[str, Any]:
-    """One kind of event of a job's stream: its name, its data (JSON) and its id."""
-    return {
-        "type": "object",
-        "required": ["event", "data", "id"],
-        "properties": {
-            "event": {"const": name},
-            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
-            "id": {"type": "string", "pattern": r"^[0-9]+\.[a-z]+\.[0-9]+$"},
-        },
-    }
-
-
-# Each event of GET /v1/jobs/{id}/events, as an SSE parser gives it (OpenAPI 3.2's
-# ``itemSchema``, as FastAPI documents its own event streams).
-EVENT_SCHEMA = {
-    "oneOf": [
-        _event("job", {"$ref": "#/components/schemas/JobView"}),
-        _event(
-            "progress",
-            {
-                "type": "object",
-                "required": ["step", "total"],
-                "properties": {
-                    "step": {"type": "integer", "minimum": 0},
-                    "total": {"type": "integer", "minimum": 1},
-                },
-                "additionalProperties": False,
-            },
-        ),
-    ]
-}
 EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"text/event-stream": {"itemSchema": EVENT_SCHEMA}},
