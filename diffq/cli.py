@@ -1,4 +1,4 @@
-"""The `diffq` command: serve | gateway | worker | submit | keygen | openapi | train | export | eval | import.
+"""The `diffq` command: serve | gateway | worker | webhooks | submit | keygen | openapi | and model tooling.
 
 Subcommands import only what they run, so `diffq worker` never loads the web stack and
 `diffq gateway` never loads onnxruntime.
@@ -26,6 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--name", help="worker id (consumer name); default host-pid")
     w.add_argument("--model", help="model to serve; default the first in the store")
     w.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    h = sub.add_parser("webhooks", help="webhook deliveries: the delivering process, dead letters, secrets")
+    hs = h.add_subparsers(dest="webhooks_command", required=True)
+    hs.add_parser("run", help="one delivering process (run as many as you like)")
+    hd = hs.add_parser("dead-letters", help="list the deliveries given up on, newest first (JSON lines)")
+    hd.add_argument("--count", type=int, default=100, help="at most this many (default: %(default)s)")
+    hr = hs.add_parser("replay", help="queue dead letters again, due now, their attempts reset")
+    hr.add_argument("entries", nargs="*", help="dead-letter entries (their `entry`); none with --all")
+    hr.add_argument("--all", action="store_true", help="every dead letter (up to 100,000)")
+    hs.add_parser("secret", help="print a new webhook secret (whsec_...) for DIFFQ_WEBHOOK_SECRETS")
     _add_submit(sub.add_parser("submit", help="submit a job, show progress, save the PNGs"))
     k = sub.add_parser("keygen", help="print a new API key and its DIFFQ_API_KEYS entry")
     k.add_argument("--name", required=True, help="the key's name (owner of its jobs)")
@@ -94,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
 
         overrides = {k: v for k, v in (("worker_id", args.name), ("model", args.model)) if v}
         run_worker(load_settings(WorkerSettings, **overrides), burst=args.burst)
+    elif args.command == "webhooks":
+        sys.exit(_webhooks(args))
     elif args.command == "submit":
         from diffq.client import submit
 
@@ -150,6 +161,46 @@ def _dead_letters(model: str, count: int) -> int:
     finally:
         store.close()
     return 0
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    """`diffq webhooks ...`: run the deliverer, list or replay dead letters, print a secret."""
+    import json
+
+    if args.webhooks_command == "secret":
+        from webhooks.signing import new_secret
+
+        print(new_secret())
+        return 0
+    if args.webhooks_command == "run":
+        from webhooks.config import WebhookSettings
+        from webhooks.main import run_deliverer
+
+        run_deliverer(load_settings(WebhookSettings))
+        return 0
+    from diffq.errors import Unavailable
+    from diffq.settings import CommonSettings
+    from diffq.store import RedisStore
+
+    settings = load_settings(CommonSettings)
+    store = RedisStore(settings.redis_url, settings.key_prefix, timeout=settings.redis_timeout_seconds)
+    try:
+        if args.webhooks_command == "dead-letters":
+            for letter in store.dead_deliveries(max(1, args.count)):
+                print(json.dumps(letter, sort_keys=True))
+            return 0
+        if not args.entries and not args.all:
+            print("diffq webhooks replay: name dead-letter entries, or --all", file=sys.stderr)
+            return 2
+        entries = [d["entry"] for d in store.dead_deliveries(100_000)] if args.all else args.entries
+        replayed = sum(store.replay_delivery(entry) for entry in entries)
+        print(f"replayed {replayed} of {len(entries)} dead letters")
+        return 0 if replayed == len(entries) else 1
+    except Unavailable as e:
+        print(f"diffq: {e.message}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
 
 
 def load_settings(cls: Callable[..., S], **overrides: Any) -> S:

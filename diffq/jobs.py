@@ -49,6 +49,10 @@ class ErrorType(StrEnum):
 
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 
+# What a webhook can be told: a job started (each attempt; off unless asked) or ended.
+WEBHOOK_EVENTS = ("started", "succeeded", "failed", "cancelled", "expired")
+DEFAULT_WEBHOOK_EVENTS = ("succeeded", "failed", "cancelled", "expired")
+
 # Every allowed move. running -> queued is a reclaim: a worker died and the job goes back.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED, Status.EXPIRED, Status.FAILED}),
@@ -176,6 +180,8 @@ class Job:
     image_count: int = 0
     cancel_requested: bool = False
     owner: str = ANONYMOUS  # the API key (by name) that submitted it
+    webhook: str | None = None  # the URL told of ``webhook_events`` (a delivery per event)
+    webhook_events: tuple[str, ...] = ()
 
     @property
     def deadline_at(self) -> float | None:

@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_store.store import DEFAULT_ROOT
+from webhooks.secrets import WebhookSecrets
 
 
 def redacted_url(url: str) -> str:
@@ -66,6 +67,34 @@ class CommonSettings(BaseSettings):
         default="127.0.0.1",
         description="Address the process's HTTP server listens on (0.0.0.0 in containers).",
     )
+
+    public_base_url: str = Field(
+        default="",
+        description="Prefix for image URLs in job views (and in webhook bodies); empty = relative URLs.",
+    )
+    webhook_secrets: str = Field(
+        default="",
+        description="Secrets signing each API key's webhooks, `NAME=whsec_...` comma-separated (NAME a key "
+        "name, `anonymous` with auth off, or `*` for every key without its own; `new|old` during a "
+        "rotation). `diffq webhooks secret` prints one. A key without one may not ask for webhooks.",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Let webhooks reach loopback, private, link-local and other non-public addresses "
+        "(receivers inside your own network, tests). Off: such URLs are refused at submission (a "
+        "literal address) or at delivery (a name resolving to one).",
+    )
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _webhook_secrets(cls, spec: str) -> str:
+        WebhookSecrets.parse(spec)  # raises with the entry at fault, never a secret
+        return spec
+
+    @property
+    def webhook_keys(self) -> WebhookSecrets:
+        """The parsed secrets (parsed again on each read: keep the result)."""
+        return WebhookSecrets.parse(self.webhook_secrets)
 
     @field_validator("redis_url")
     @classmethod

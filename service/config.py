@@ -76,9 +76,6 @@ class GatewaySettings(CommonSettings):
         description="Longest an event stream stays open; then it ends and the client resumes with "
         "Last-Event-ID. A stream holds one of the key's waiting places (DIFFQ_MAX_WAITERS_PER_KEY).",
     )
-    public_base_url: str = Field(
-        default="", description="Prefix for image URLs in job views; empty = relative URLs."
-    )
     auth: Literal["required", "off"] = Field(
         default="required",
         description="API keys on /v1/* and /metrics; `make run` turns it off for local use.",

@@ -17,13 +17,24 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 
 from diffq.errors import Conflict, IdempotencyConflict, NotFound, Unavailable, ValidationFailed
-from diffq.jobs import Job, JobRequest, Priority, Status, expire, new_job_id, transition
+from diffq.jobs import (
+    DEFAULT_WEBHOOK_EVENTS,
+    WEBHOOK_EVENTS,
+    Job,
+    JobRequest,
+    Priority,
+    Status,
+    expire,
+    new_job_id,
+    transition,
+)
 from diffq.store import RedisStore
 from service.deps import ClientGone
 from service.requests import resolve
 from service.schemas import JobCreate
 from service.state import State
 from service.waiters import TooManyWaiters
+from webhooks.addresses import check_url, refusal
 
 log = logging.getLogger("diffq.gateway")
 
@@ -49,8 +60,17 @@ async def submit(
     asked. The caller holds the waiting place already (taken before the job was queued)."""
     req = resolve(body, state.models, state.default_model)
     check_admissible(state, req, owner)
-    job = Job(id=new_job_id(), request=req, status=Status.QUEUED, created_at=time.time(), owner=owner)
-    fingerprint = request_fingerprint(req, body.seed) if idempotency_key is not None else ""
+    events = webhook_events(state, body, owner)
+    job = Job(
+        id=new_job_id(),
+        request=req,
+        status=Status.QUEUED,
+        created_at=time.time(),
+        owner=owner,
+        webhook=body.webhook,
+        webhook_events=events,
+    )
+    fingerprint = request_fingerprint(job, body.seed) if idempotency_key is not None else ""
     try:
         limits = replace(state.limits, weight=state.tenants.weight(owner))
         submitted = await state.store.submit_async(job, limits, idempotency_key, fingerprint)
@@ -208,11 +228,44 @@ def check_admissible(state: State, req: JobRequest, owner: str) -> None:
             )
 
 
-def request_fingerprint(request: JobRequest, given_seed: int | None) -> str:
+def webhook_events(state: State, body: JobCreate, owner: str) -> tuple[str, ...]:
+    """The events a job's webhook is sent (empty without one); 422 for a webhook this key may
+    not have: it has no secret to sign with, or the URL is a literal address the service may
+    not call (a name is checked when delivering, on what it resolves to then)."""
+    if body.webhook is None:
+        if body.webhook_events is not None:
+            raise ValidationFailed(
+                "webhook_events needs a webhook",
+                details=[{"field": "webhook_events", "message": "given without webhook"}],
+            )
+        return ()
+    if not state.webhook_secrets.for_owner(owner):
+        raise ValidationFailed(
+            "this key has no webhook secret (DIFFQ_WEBHOOK_SECRETS), so its webhooks could not be signed",
+            details=[{"field": "webhook", "message": "no webhook secret for this key"}],
+        )
+    host = check_url(body.webhook).hostname or ""
+    if not state.settings.webhook_allow_private:
+        try:
+            why = refusal(host)
+        except ValueError:  # a name, not an address: checked at delivery
+            why = None
+        if why is not None:
+            raise ValidationFailed(
+                f"webhook: {host} is a {why} address (DIFFQ_WEBHOOK_ALLOW_PRIVATE is off)",
+                details=[{"field": "webhook", "message": f"a {why} address"}],
+            )
+    chosen = set(body.webhook_events or DEFAULT_WEBHOOK_EVENTS)
+    return tuple(e for e in WEBHOOK_EVENTS if e in chosen)
+
+
+def request_fingerprint(job: Job, given_seed: int | None) -> str:
     """What an Idempotency-Key's retries must repeat: the resolved request (defaults filled, so
     spelling a default out is the same request), with the seed as given (a drawn one differs
-    on every try)."""
-    resolved = request.to_dict() | {"seed": given_seed}
+    on every try), and the webhook."""
+    resolved = job.request.to_dict() | {"seed": given_seed}
+    if job.webhook is not None:
+        resolved |= {"webhook": job.webhook, "webhook_events": list(job.webhook_events)}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
 
 

@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from diffq.jobs import SEED_MAX
+from webhooks.addresses import MAX_URL_CHARS, RefusedReceiver, check_url
 
 MAX_PROMPT_CHARS = 2000  # per prompt; the tokenizer truncates far earlier (77 tokens for CLIP)
 MAX_SIZE = 4096  # pixels per side, the manifest's own bound; each model serves only its `sizes`
@@ -35,6 +36,19 @@ def _no_control_characters(value: str | None) -> str | None:
 
 
 PromptText = Annotated[StrictStr | None, AfterValidator(_no_control_characters)]
+
+
+def _webhook_url(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            check_url(value)
+        except RefusedReceiver as e:
+            raise ValueError(str(e)) from None
+    return value
+
+
+WebhookUrl = Annotated[StrictStr | None, AfterValidator(_webhook_url)]
+WebhookEvent = Literal["started", "succeeded", "failed", "cancelled", "expired"]
 
 
 class JobCreate(BaseModel):
@@ -96,6 +110,20 @@ class JobCreate(BaseModel):
         le=86_400,
         description="Seconds from submission; a job not finished by then ends `expired`.",
     )
+    webhook: WebhookUrl = Field(
+        default=None,
+        max_length=MAX_URL_CHARS,
+        description="An http(s) URL POSTed the job view, signed (Standard Webhooks, the key's "
+        "secret), at each of `webhook_events`; retried for about a day, at least once each. "
+        "Loopback, private and link-local receivers are refused unless the operator allows them.",
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=5,
+        description="With `webhook`: which events to send. Default: the terminal ones "
+        "(succeeded, failed, cancelled, expired); `started` comes at each attempt's start.",
+    )
 
 
 class EffectiveRequest(BaseModel):
@@ -149,6 +177,8 @@ class JobView(BaseModel):
     timings: Timings
     images: list[ImageRef]
     error: ErrorInfo | None
+    webhook: str | None = Field(default=None, description="The URL this job's events are sent to.")
+    webhook_events: list[WebhookEvent] | None = Field(default=None, description="The events sent there.")
 
 
 class ImageSpecView(BaseModel):

@@ -18,6 +18,7 @@ class State:
         self.models = models
         self.keys = settings.keys
         self.tenants = settings.tenants
+        self.webhook_secrets = settings.webhook_keys
         self.limits = Limits(
             settings.max_jobs_in_flight_per_key,
             settings.max_queued_evaluations,

@@ -47,6 +47,8 @@ def job_view(job: Job, position: int | None, base: str = "") -> JobView:
             },
             "images": images,
             "error": {"type": job.error.type, "message": job.error.message} if job.error else None,
+            "webhook": job.webhook,
+            "webhook_events": list(job.webhook_events) if job.webhook else None,
         }
     )
 

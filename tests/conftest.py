@@ -64,8 +64,14 @@ class Stack:
         self.worker_urls[name] = f"http://127.0.0.1:{port}"
         self._spawn(name, ["worker", "--name", name], {"DIFFQ_WORKER_PORT": str(port), **env})
 
+    def start_webhooks(self, name: str = "webhooks", **env: str) -> None:
+        """A webhook deliverer (``diffq webhooks run``), its probes and metrics on a port of its own."""
+        port = free_port()
+        self.worker_urls[name] = f"http://127.0.0.1:{port}"
+        self._spawn(name, ["webhooks", "run"], {"DIFFQ_WEBHOOK_PORT": str(port), **env})
+
     def wait_ready(self, timeout: float = 60) -> None:
-        """Until the gateway and every started worker answer ``/readyz`` with 200."""
+        """Until the gateway and every started worker (and deliverer) answer ``/readyz`` with 200."""
         for url in [self.base_url, *self.worker_urls.values()]:
             if not wait_for_http(f"{url}/readyz", timeout):
                 raise RuntimeError(f"{url} not ready; logs: {[self.read_log(n) for n in self.procs]}")

@@ -324,17 +324,25 @@ class ProbeServer:
         conn.sock.close()
 
 
-def start_http(host: str, port: int, health: WorkerHealth, limits: ProbeLimits | None = None) -> ProbeServer:
+def start_http(
+    host: str,
+    port: int,
+    health: WorkerHealth,
+    limits: ProbeLimits | None = None,
+    process: str = "worker",
+    setting: str = "DIFFQ_WORKER_PORT",
+) -> ProbeServer:
     """Serve the probes and metrics on a daemon thread; returns the server (``.shutdown()``).
-    ProbePortError when ``host:port`` cannot be bound."""
+    ProbePortError when ``host:port`` cannot be bound (the message names ``setting``). The
+    webhook deliverer serves its own with it too (``process``)."""
     try:
         server = ProbeServer(host, port, probe_routes(health), limits or ProbeLimits())
     except OSError as e:  # port taken, or an address this host lacks: the operator's to fix
         why = os.strerror(e.errno) if e.errno else str(e)
         raise ProbePortError(
-            f"cannot listen on {host}:{port} for the worker's probes and metrics ({why}); "
-            f"set DIFFQ_WORKER_PORT to a free port"
+            f"cannot listen on {host}:{port} for the {process}'s probes and metrics ({why}); "
+            f"set {setting} to a free port"
         ) from e
     server.start()
-    log.info("worker http listening", extra={"host": host, "port": server.server_address[1]})
+    log.info(f"{process} http listening", extra={"host": host, "port": server.server_address[1]})
     return server

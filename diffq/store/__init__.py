@@ -7,6 +7,7 @@ The only package that talks to Redis:
 - ``records``: job records, compare-and-set status changes, results, progress, cancels;
 - ``admission``: the gateway's side: admission, the fair order, positions, the backlog;
 - ``work_queue``: the workers' side: claims, leases, reclaims, dead letters, heartbeats;
+- ``deliveries``: webhook deliveries (claimed under a lease, retried, dead letters, replays);
 - ``feeds``: pub/sub announcements (new work to busy workers; terminal jobs and watched jobs'
   steps to the gateway);
 - ``faults``: every Redis error translated, once;
@@ -23,6 +24,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from diffq.store.admission import Admission, Limits, QueueStats, Submitted
+from diffq.store.deliveries import Deliveries, Delivery
 from diffq.store.faults import UNREACHABLE, Fault, fault
 from diffq.store.feeds import Announcement, JobFeed, NewWork
 from diffq.store.keys import GROUP, Keys
@@ -30,7 +32,7 @@ from diffq.store.records import JobRecords, ProgressFlags
 from diffq.store.work_queue import Claim, Claimed, WorkQueue
 
 
-class RedisStore(JobRecords, Admission, WorkQueue):
+class RedisStore(JobRecords, Admission, WorkQueue, Deliveries):
     """Everything the gateway and the workers ask of Redis, over one set of connections."""
 
     # Callers catch these rather than importing redis themselves (see ``faults``).
@@ -47,6 +49,7 @@ __all__ = [
     "Announcement",
     "Claim",
     "Claimed",
+    "Delivery",
     "Fault",
     "JobFeed",
     "Keys",

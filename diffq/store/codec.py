@@ -29,6 +29,7 @@ def encode(job: Job) -> dict[str, str]:
         "owner": job.owner,
         "work": str(job.request.evaluations),
         **mutable_fields(job),
+        **({"webhook": job.webhook, "webhook_events": ",".join(job.webhook_events)} if job.webhook else {}),
     }
 
 
@@ -64,4 +65,6 @@ def decode(job_id: str, raw: dict[bytes, bytes]) -> Job:
         image_count=int(f.get("image_count", 0)),
         cancel_requested=f.get("cancel") == "1",
         owner=f.get("owner", ANONYMOUS),
+        webhook=f.get("webhook"),
+        webhook_events=tuple(filter(None, f.get("webhook_events", "").split(","))),
     )

@@ -25,6 +25,13 @@ Admission
 - ``<p>:idem:<owner>:<h>``    the job id (and request fingerprint) an Idempotency-Key created
 - ``<p>:rate:<owner>``        hash: the owner's submission token bucket
 
+Webhooks (``webhooks.deliverer``)
+- ``<p>:webhook:<w>``         hash: one delivery (job, event, url, owner, attempts, body, lease)
+- ``<p>:webhook-due``         sorted set: delivery id -> when it is next due (ms); a claimed
+                              delivery's score is its lease's end, so a crashed deliverer's
+                              comes due again
+- ``<p>:webhook-dead``        stream: deliveries given up after every retry (dead letters)
+
 Channels
 - ``<p>:done:<id>``           a job's terminal status (one pattern subscription per gateway)
 - ``<p>:step:<id>``           a watched job's steps, as its worker writes them (event streams)
@@ -87,6 +94,22 @@ class Keys:
 
     def dead(self, model: str) -> str:
         return f"{self.prefix}:dead:{model}"
+
+    def delivery(self, delivery_id: str) -> str:
+        return f"{self.prefix}:webhook:{delivery_id}"
+
+    @property
+    def delivery_prefix(self) -> str:
+        """``delivery`` without the id: the scripts that queue and claim deliveries."""
+        return self.delivery("")
+
+    @property
+    def deliveries_due(self) -> str:
+        return f"{self.prefix}:webhook-due"
+
+    @property
+    def deliveries_dead(self) -> str:
+        return f"{self.prefix}:webhook-dead"
 
     def inflight(self, owner: str) -> str:
         return f"{self.prefix}:inflight:{owner}"

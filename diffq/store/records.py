@@ -25,9 +25,22 @@ from diffq.store.lua import TAKE_FN, Call, Script, run, run_async, run_many
 # (cancelled or expired in the queue) takes its work off the model's and the owner's counters
 # (a claimed one left them when claimed); a terminal job leaves its owner's in-flight set, is
 # announced on its channel, and its record and images expire after ``ttl``. A live job's
-# record never expires.
-_TRANSITION_KEYS = ("job", "images", "inflight", "model_work", "owner_work", "waiting", "since", "channel")
-_TRANSITION_ARGV = ("expected", "status", "ttl", "job_id", "work", "terminal")
+# record never expires. A job whose webhook asks for the event (``started`` for running, else
+# the status) has a delivery queued, due now, in the same step: no status change can happen
+# without its delivery, nor a delivery without it. Its id is the same however often the
+# script runs for that change (``started`` counts the attempt), so a receiver can dedupe.
+_TRANSITION_KEYS = (
+    "job",
+    "images",
+    "inflight",
+    "model_work",
+    "owner_work",
+    "waiting",
+    "since",
+    "channel",
+    "deliveries_due",
+)
+_TRANSITION_ARGV = ("expected", "status", "ttl", "job_id", "work", "terminal", "delivery_prefix")
 _TRANSITION_FN = (
     TAKE_FN
     + """
@@ -52,6 +65,17 @@ local function transition(pairs_from)
     redis.call('PUBLISH', channel, status)
   else
     redis.call('PERSIST', job)
+  end
+  local hook = redis.call('HMGET', job, 'webhook', 'webhook_events', 'owner', 'attempts')
+  local event = status == 'running' and 'started' or status
+  if hook[1] and string.find(',' .. (hook[2] or '') .. ',', ',' .. event .. ',', 1, true) then
+    local id = 'msg_' .. job_id .. '_' .. event
+    if event == 'started' then id = id .. '_' .. (hook[4] or '0') end
+    local t = redis.call('TIME')
+    local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('HSET', delivery_prefix .. id, 'job', job_id, 'event', event, 'url', hook[1],
+      'owner', hook[3] or '', 'attempts', '0', 'created_ms', now_ms)
+    redis.call('ZADD', deliveries_due, 'NX', now_ms, id)
   end
   return 'OK'
 end
@@ -201,6 +225,7 @@ class JobRecords(Connection):
             "job_id": after.id,
             "work": after.request.evaluations,
             "terminal": "1" if after.terminal else "",
+            "delivery_prefix": self.keys.delivery_prefix,
         }
         if script is STORE_RESULT:
             argv["count"] = len(pngs)
@@ -214,6 +239,7 @@ class JobRecords(Connection):
             "waiting": k.waiting(model, after.request.priority),
             "since": k.since(model),
             "channel": k.done_channel(after.id),
+            "deliveries_due": k.deliveries_due,
         }
         return script.bind(keys, argv, more_argv=[*pngs, *fields])
 
