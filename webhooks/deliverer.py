@@ -126,8 +126,7 @@ class Deliverer:
                 if self.last_tick >= next_backlog:
                     next_backlog = self.last_tick + BACKLOG_SECONDS
                     await self._read_backlog()
-                started = await self._claim_and_start()
-                if not started:
+                if not await self._claim_and_start():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stop.wait(), self.settings.webhook_poll_seconds)
         finally:
@@ -142,7 +141,8 @@ class Deliverer:
             self.metrics.dead_letters.set(dead)
 
     async def _claim_and_start(self) -> int:
-        """Claim what there is room for and start each attempt; how many started."""
+        """Claim what there is room for and start each attempt; how many were claimed (those
+        put back included: the loop looks again at once while there is work)."""
         free = self.settings.webhook_concurrency - len(self._tasks)
         if free <= 0:
             return 0
@@ -156,7 +156,7 @@ class Deliverer:
                 log.warning("store unavailable", extra={"error": e.message})
             self.connected = False
             return 0
-        started = 0
+        busy = []
         for d in claimed:
             try:
                 parts = check_url(d.url)
@@ -166,14 +166,20 @@ class Deliverer:
                 continue
             where = receiver(parts)
             if self._busy[where] >= self.settings.webhook_max_in_flight_per_receiver:
-                await self._settle(d, "retry", time.time() + BUSY_RETRY_SECONDS)
+                busy.append(d)
                 continue
             self._busy[where] += 1
             task = asyncio.create_task(self._deliver(d, parts, where))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            started += 1
-        return started
+        if busy:
+            with contextlib.suppress(Unavailable):  # else their leases run out, the same
+                await self.store.defer_deliveries_async(busy, time.time() + BUSY_RETRY_SECONDS)
+            if len(busy) == len(claimed):
+                # Only busy receivers' deliveries are due: wait for an attempt to end rather
+                # than claim the same ones again at once.
+                return 0
+        return len(claimed)
 
     async def _deliver(self, d: Delivery, parts: SplitResult, where: str) -> None:
         self.metrics.in_flight.inc()

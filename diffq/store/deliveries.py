@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,25 @@ end
 redis.call('DEL', delivery)
 redis.call('ZREM', due, id)
 return 1
+""",
+)
+
+# Put claimed deliveries back, due at ``due_ms``, no attempt counted: those of the ARGV tail
+# (id, token pairs) whose lease the token still holds. Returns how many were put back.
+DEFER = Script(
+    ("due",),
+    ("prefix", "due_ms"),
+    """
+local n = 0
+for i = more_argv, #ARGV, 2 do
+  local h = prefix .. ARGV[i]
+  if redis.call('HGET', h, 'lease') == ARGV[i + 1] then
+    redis.call('HDEL', h, 'lease')
+    redis.call('ZADD', due, tonumber(due_ms), ARGV[i])
+    n = n + 1
+  end
+end
+return n
 """,
 )
 
@@ -167,6 +187,20 @@ class Deliveries(Connection):
         tail = [x for pair in (fields or {}).items() for x in pair]
         with unavailable():
             return bool(await run_async(self._async(), SETTLE.bind(keys, argv, more_argv=tail)))
+
+    async def defer_deliveries_async(self, deliveries: Sequence[Delivery], due_at: float) -> int:
+        """Put ``deliveries`` (still leased to their tokens) back, due at ``due_at``, without
+        counting an attempt: their receiver had no room. How many were put back."""
+        if not deliveries:
+            return 0
+        argv = {"prefix": self.keys.delivery_prefix, "due_ms": int(due_at * 1000)}
+        tail = [x for d in deliveries for x in (d.id, d.token)]
+        with unavailable():
+            return int(
+                await run_async(
+                    self._async(), DEFER.bind({"due": self.keys.deliveries_due}, argv, more_argv=tail)
+                )
+            )
 
     async def deliveries_backlog_async(self) -> tuple[int, int]:
         """Deliveries queued or in flight, and dead letters."""

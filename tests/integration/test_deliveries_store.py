@@ -4,6 +4,7 @@ delivery in the same script, claims are leases, settling needs the lease, dead l
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import replace
 
@@ -80,7 +81,12 @@ def test_claims_are_leases_and_settling_needs_the_lease(store: RedisStore) -> No
     store.save_transition(job, transition(job, Status.CANCELLED, time.time()))
     [d] = run(store.claim_deliveries_async(10, 0.3, "a:1"))
     assert (d.job_id, d.event, d.url, d.owner, d.attempts, d.body) == (
-        job.id, "cancelled", job.webhook, "alice", 0, None
+        job.id,
+        "cancelled",
+        job.webhook,
+        "alice",
+        0,
+        None,
     )
     assert run(store.claim_deliveries_async(10, 0.3, "b:1")) == []  # leased
     time.sleep(0.4)
@@ -104,7 +110,7 @@ def test_dead_letters_list_and_replay(store: RedisStore) -> None:
     store.submit(job)
     store.save_transition(job, transition(job, Status.CANCELLED, time.time()))
     [d] = run(store.claim_deliveries_async(10, 30, "a:1"))
-    fields = {"attempts": "8", "error": "HTTP 500", "body": '{"id":"%s"}' % job.id}
+    fields = {"attempts": "8", "error": "HTTP 500", "body": json.dumps({"id": job.id}, separators=(",", ":"))}
     assert run(store.settle_delivery_async(d, "dead", fields=fields)) is True
     assert due(store) == [] and run(store.deliveries_backlog_async()) == (0, 1)
     [letter] = store.dead_deliveries()
