@@ -125,6 +125,9 @@ class ServeSettings(BaseSettings):
     worker_port: int = Field(
         default=9200, ge=1, le=65000, description="worker-N serves probes and /metrics on this port + N."
     )
+    webhook_port: int = Field(
+        default=9300, ge=1, le=65535, description="The webhook deliverer's probes and /metrics."
+    )
     restart_backoff_seconds: float = Field(
         default=0.5,
         gt=0,
@@ -447,6 +450,12 @@ def serve(settings: ServeSettings) -> int:
     if any(slot.port == settings.port for slot in slots):
         print(f"diffq serve: a worker's port would be the gateway's ({settings.port})", file=sys.stderr)
         return EXIT_CONFIG
+    if settings.webhook_port in {settings.port, *(slot.port for slot in slots)}:
+        print(
+            f"diffq serve: DIFFQ_WEBHOOK_PORT={settings.webhook_port} is the gateway's or a worker's port",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     if settings.redis_url:
         return _supervise(settings, slots, settings.redis_url, None)
     data_dir = settings.var_dir / "valkey"
@@ -516,7 +525,8 @@ def _supervise(settings: ServeSettings, slots: list[WorkerSlot], redis_url: str,
     base = f"http://{host}:{settings.port}"
     gateway = Child("gateway", lambda: _spawn(["gateway"], env), lambda: http_ok(f"{base}/readyz", 0.5))
     workers = [_worker_child(slot, settings, env, host) for slot in slots]
-    children = [*([valkey] if valkey else []), gateway, *workers]
+    deliverer = _deliverer_child(settings, env, host)
+    children = [*([valkey] if valkey else []), gateway, *workers, deliverer]
     announced: bool | None = None  # None: not ready yet; False: was, and is not now
     waiting_since = time.monotonic()
     try:
@@ -540,7 +550,7 @@ def _supervise(settings: ServeSettings, slots: list[WorkerSlot], redis_url: str,
                 )
                 return EXIT_CONFIG
             if valkey is not None and not valkey.up:  # they reconnect by themselves: ready once they have
-                for child in (gateway, *workers):
+                for child in (gateway, *workers, deliverer):
                     child.recheck("is waiting for Valkey")
             down = [c for c in children if not c.up]
             if not down and not announced:
@@ -555,7 +565,7 @@ def _supervise(settings: ServeSettings, slots: list[WorkerSlot], redis_url: str,
             time.sleep(0.2)
     finally:  # workers first, so they finish their batch while Redis and the gateway still run
         _stop([c.proc for c in workers if c.proc], settings.grace_seconds)
-        _stop([gateway.proc] if gateway.proc else [], settings.grace_seconds)
+        _stop([c.proc for c in (gateway, deliverer) if c.proc], settings.grace_seconds)
         if valkey is not None and valkey.proc is not None:
             _stop([valkey.proc], 10)
     return 0
@@ -582,6 +592,26 @@ def _worker_child(slot: WorkerSlot, settings: ServeSettings, env: dict[str, str]
     )
 
 
+def _deliverer_child(settings: ServeSettings, env: dict[str, str], host: str) -> Child:
+    """The webhook deliverer (one is plenty for a single machine)."""
+    port = settings.webhook_port
+
+    def explain(code: int) -> str:
+        if code == PROBE_PORT_EXIT:
+            return (
+                f"cannot listen on its probe port {host}:{port} (DIFFQ_WEBHOOK_PORT): "
+                "in use by another process?"
+            )
+        return describe_exit(code)
+
+    return Child(
+        "webhook deliverer",
+        lambda: _spawn(["webhooks", "run"], {**env, "DIFFQ_WEBHOOK_PORT": str(port)}),
+        lambda: http_ok(f"http://{host}:{port}/readyz", 0.5),
+        explain,
+    )
+
+
 def _reasons(down: Sequence[Child]) -> str:
     return "; ".join(f"{c.name} {c.why}" for c in down)
 
@@ -593,8 +623,8 @@ def _ready_line(base: str, slots: Sequence[WorkerSlot], settings: ServeSettings,
     counts = ", ".join(f"{m}: {n}" for m, n in per_model.items()) or "none"
     return (
         f"diffq ready on {base}; workers per model: {counts}; Ctrl-C stops\n"
-        f"metrics: {base}/metrics (with an API key when auth is on) and, per worker, "
-        f"http://127.0.0.1:{settings.worker_port}+N/metrics"
+        f"metrics: {base}/metrics (with an API key when auth is on), per worker "
+        f"http://127.0.0.1:{settings.worker_port}+N/metrics, webhooks http://127.0.0.1:{settings.webhook_port}/metrics"
     )
 
 

@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The HTTP gateway: FastAPI under uvicorn, no onnxruntime. Build from the repository root:
+# The HTTP gateway (FastAPI under uvicorn, no onnxruntime), and the webhook deliverer
+# (`diffq webhooks run`) from the same image. Build from the repository root:
 #   docker build -f docker/gateway.Dockerfile -t diffq-gateway .
 # Runs as uid 10001 and writes only under /tmp, so a read-only root filesystem with a tmpfs
 # on /tmp works (docker-compose.yml does that).
@@ -17,13 +18,14 @@ COPY diffq ./diffq
 COPY sampling ./sampling
 COPY service ./service
 COPY workers ./workers
+COPY webhooks ./webhooks
 COPY model_store ./model_store
 # `set --` resolves the wheel's file name first: "diffq-*.whl[gateway]" would be read by the
 # shell as a glob with a bracket expression and match nothing.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \
  && set -- /wheels/diffq-*.whl \
- && /opt/venv/bin/pip install "$1[gateway]"
+ && /opt/venv/bin/pip install "$1[gateway,webhooks]"
 
 # --- runtime: the venv on a clean slim image; no compilers, no build tools, no source tree ---
 FROM ${PYTHON_IMAGE} AS runtime

@@ -20,6 +20,7 @@ COPY diffq ./diffq
 COPY sampling ./sampling
 COPY service ./service
 COPY workers ./workers
+COPY webhooks ./webhooks
 COPY model_store ./model_store
 RUN pip wheel --no-deps --wheel-dir /wheels .
 

@@ -18,6 +18,7 @@ COPY diffq ./diffq
 COPY sampling ./sampling
 COPY service ./service
 COPY workers ./workers
+COPY webhooks ./webhooks
 COPY model_store ./model_store
 # `set --` resolves the wheel's file name before the extra is appended (see gateway.Dockerfile).
 RUN pip wheel --no-deps --wheel-dir /wheels . \

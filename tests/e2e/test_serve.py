@@ -51,6 +51,7 @@ def test_serve_runs_the_stack_and_stops_on_sigint(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFQ_") and k != "REDIS_URL"}
     worker_port = free_port_range(4)  # worker-N listens on worker_port + N
+    webhook_port = free_port()
     env.update(
         PORT=str(port),
         WORKERS="1",
@@ -58,6 +59,7 @@ def test_serve_runs_the_stack_and_stops_on_sigint(tmp_path: Path) -> None:
         DIFFQ_MODEL_STORE=str(store),
         DIFFQ_VAR_DIR=str(tmp_path / "var"),
         DIFFQ_WORKER_PORT=str(worker_port),
+        DIFFQ_WEBHOOK_PORT=str(webhook_port),
         DIFFQ_MAX_BATCH_ROWS="64",  # fixed, not measured at start: three workers share the cores
         DIFFQ_INTRA_OP_THREADS="1",
         PYTHONUNBUFFERED="1",
@@ -77,6 +79,7 @@ def test_serve_runs_the_stack_and_stops_on_sigint(tmp_path: Path) -> None:
         assert sum(c.endswith(f"--model {MNIST}") for c in workers) == 2, workers
         assert sum(c.endswith(f"--model {SECOND}") for c in workers) == 1, workers
         assert sum("diffq gateway" in c for c in commands) == 1, commands
+        assert sum("diffq webhooks run" in c for c in commands) == 1, commands
         assert any("valkey-server" in c for c in commands), commands
         assert (tmp_path / "var" / "valkey").is_dir()
 
@@ -94,6 +97,9 @@ def test_serve_runs_the_stack_and_stops_on_sigint(tmp_path: Path) -> None:
             url = f"http://127.0.0.1:{worker_port + n}"
             assert wait_for_http(f"{url}/readyz", timeout=60), f"worker-{n} not ready"
             assert "diffq_denoiser_call_duration_seconds" in httpx.get(f"{url}/metrics", timeout=5).text
+        hooks = f"http://127.0.0.1:{webhook_port}"  # the webhook deliverer, its own port
+        assert wait_for_http(f"{hooks}/readyz", timeout=60), "the webhook deliverer is not ready"
+        assert "diffq_webhook_attempts_total" in httpx.get(f"{hooks}/metrics", timeout=5).text
         live = httpx.get(f"{base}/readyz", timeout=10).json()["workers"]
         assert live == {MNIST: 2, SECOND: 1, TEXT_MODEL: 0}
 

@@ -68,6 +68,7 @@ class Serve:
             DIFFQ_MODEL_STORE=str(ROOT / "model_store"),
             DIFFQ_VAR_DIR=str(tmp / "var"),
             DIFFQ_WORKER_PORT=str(free_port_range(WORKER_PORTS)),
+            DIFFQ_WEBHOOK_PORT=str(free_port()),
             DIFFQ_MAX_BATCH_ROWS="64",  # fixed, not measured at start
             DIFFQ_INTRA_OP_THREADS="1",
             DIFFQ_GRACE_SECONDS="10",

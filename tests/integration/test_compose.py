@@ -30,7 +30,7 @@ from tests.deploy_checks import (
 )
 
 COMPOSE = Path(sys.executable).parent / "docker-compose"
-DIFFQ_SERVICES = ("gateway", "worker", "worker-gpu")
+DIFFQ_SERVICES = ("gateway", "worker", "worker-gpu", "webhooks")
 
 Render = Callable[..., dict[str, Any]]
 
@@ -83,16 +83,23 @@ def _option(command: list[str], flag: str) -> str:
 
 
 def test_default_profile_runs_valkey_gateway_and_workers(render: Render) -> None:
-    assert set(render()["services"]) == {"redis", "gateway", "worker"}
+    assert set(render()["services"]) == {"redis", "gateway", "worker", "webhooks"}
 
 
 def test_monitoring_profile_adds_prometheus_and_grafana(render: Render) -> None:
-    assert set(render("monitoring")["services"]) == {"redis", "gateway", "worker", "prometheus", "grafana"}
+    assert set(render("monitoring")["services"]) == {
+        "redis",
+        "gateway",
+        "worker",
+        "webhooks",
+        "prometheus",
+        "grafana",
+    }
 
 
 def test_gpu_profile_adds_a_cuda_worker_with_an_nvidia_gpu(render: Render) -> None:
     services = render("gpu")["services"]
-    assert set(services) == {"redis", "gateway", "worker", "worker-gpu"}
+    assert set(services) == {"redis", "gateway", "worker", "webhooks", "worker-gpu"}
     gpu = services["worker-gpu"]
     assert gpu["build"]["dockerfile"] == "docker/worker-cuda.Dockerfile"
     [device] = gpu["deploy"]["resources"]["reservations"]["devices"]
@@ -100,12 +107,12 @@ def test_gpu_profile_adds_a_cuda_worker_with_an_nvidia_gpu(render: Render) -> No
 
 
 def test_every_profile_together_resolves(render: Render) -> None:
-    assert len(render("monitoring", "gpu")["services"]) == 6
+    assert len(render("monitoring", "gpu")["services"]) == 7
 
 
 def test_every_build_uses_a_dockerfile_that_exists(render: Render) -> None:
     builds = [s["build"] for s in render("monitoring", "gpu")["services"].values() if "build" in s]
-    assert len(builds) == 3
+    assert len(builds) == 4  # the deliverer builds the gateway's image (one build, cached)
     for build in builds:
         assert (Path(build["context"]) / build["dockerfile"]).is_file(), build
 
@@ -269,7 +276,7 @@ def test_final_stage_is_a_quiet_unbuffered_runtime_with_a_healthcheck(path: Path
 @pytest.mark.parametrize(
     ("name", "extra"),
     [
-        ("gateway.Dockerfile", "gateway"),
+        ("gateway.Dockerfile", "gateway,webhooks"),  # the deliverer runs from the gateway's image
         ("worker.Dockerfile", "worker"),
         ("worker-cuda.Dockerfile", "worker-gpu"),
     ],
@@ -305,6 +312,7 @@ SHIPPED = [
     "sampling/__init__.py",
     "service/app.py",
     "workers/engine.py",
+    "webhooks/deliverer.py",
     "model_store/store.py",
     "model_store/mnist-cfg-unet/1/manifest.json",
     "model_store/mnist-cfg-unet/1/model.onnx",
@@ -349,3 +357,15 @@ def test_prometheus_scrapes_the_gateway_with_the_metrics_key(render: Render) -> 
         "type": "Bearer",
         "credentials_file": f"/run/secrets/{secret['target']}",
     }
+
+
+def test_the_deliverer_runs_from_the_gateway_image_and_reports_readiness(render: Render) -> None:
+    services = render()["services"]
+    hooks, gateway = services["webhooks"], services["gateway"]
+    assert hooks["command"] == ["webhooks", "run"]
+    assert hooks["build"]["dockerfile"] == gateway["build"]["dockerfile"] == "docker/gateway.Dockerfile"
+    env = hooks["environment"]
+    assert f"127.0.0.1:{env['DIFFQ_WEBHOOK_PORT']}/readyz" in " ".join(hooks["healthcheck"]["test"])
+    assert env["DIFFQ_WEBHOOK_ALLOW_PRIVATE"] == "false"
+    assert "DIFFQ_WEBHOOK_SECRETS" in env and "DIFFQ_WEBHOOK_SECRETS" in gateway["environment"]
+    assert not hooks.get("ports"), "it calls out; only Prometheus reaches its port"

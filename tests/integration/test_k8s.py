@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import ipaddress
 import json
 import re
 import subprocess
@@ -232,7 +233,12 @@ def test_everything_lives_in_the_overlay_namespace(rendered: Rendered) -> None:
 
 
 def test_pods_are_hardened_and_bounded(rendered: Rendered) -> None:
-    assert {pod_labels(w).get(COMPONENT) for w in rendered.workloads()} == {"gateway", "worker", "redis"}
+    assert {pod_labels(w).get(COMPONENT) for w in rendered.workloads()} == {
+        "gateway",
+        "worker",
+        "redis",
+        "webhooks",
+    }
     for workload in rendered.workloads():
         pod = pod_spec(workload)
         name = workload["metadata"]["name"]
@@ -291,7 +297,7 @@ def test_images_are_pinned(rendered: Rendered) -> None:
 
 
 def test_pod_disruption_budgets_cover_gateway_and_workers(rendered: Rendered) -> None:
-    for component in ("gateway", "worker"):
+    for component in ("gateway", "worker", "webhooks"):
         labels = pod_labels(rendered.workload(component))
         pdbs = [p for p in rendered.of_kind("PodDisruptionBudget") if selects(p["spec"]["selector"], labels)]
         assert len(pdbs) == 1, component
@@ -316,7 +322,7 @@ def test_services_select_workloads_and_their_ports(rendered: Rendered) -> None:
 
 def test_service_monitors_find_their_services(rendered: Rendered) -> None:
     monitors = rendered.of_kind("ServiceMonitor")
-    assert {m["metadata"]["labels"][COMPONENT] for m in monitors} == {"gateway", "worker"}
+    assert {m["metadata"]["labels"][COMPONENT] for m in monitors} == {"gateway", "worker", "webhooks"}
     for monitor in monitors:
         services = [
             s
@@ -488,9 +494,21 @@ def test_a_default_deny_policy_covers_every_pod(rendered: Rendered) -> None:
 class Pod:
     namespace: str
     labels: dict[str, str]
+    address: str | None = None  # set: a host outside the cluster, which only ipBlock peers match
 
 
 def _peer_matches(peer: Obj, pod: Pod, own_namespace: str) -> bool:
+    if "ipBlock" in peer or pod.address is not None:
+        if "ipBlock" not in peer or pod.address is None:
+            return False
+        address = ipaddress.ip_address(pod.address)
+        block = peer["ipBlock"]
+
+        def inside(cidr: str) -> bool:
+            network = ipaddress.ip_network(cidr)
+            return address.version == network.version and address in network
+
+        return inside(block["cidr"]) and not any(inside(c) for c in block.get("except", []))
     if "namespaceSelector" in peer:
         ns_labels = {"kubernetes.io/metadata.name": pod.namespace}
         in_namespace = selects(peer["namespaceSelector"], ns_labels)
@@ -545,10 +563,22 @@ def test_network_policies_open_exactly_the_needed_paths(rendered: Rendered) -> N
     def allowed(src: Pod, dst: Pod, port: int, protocol: str = "TCP") -> bool:
         return connection_allowed(rendered, src, dst, port, protocol)
 
-    for client in (gateway, worker):
+    hooks = Pod(ns, pod_labels(rendered.workload("webhooks")))
+    for client in (gateway, worker, hooks):
         assert allowed(client, redis, 6379)
-    for pod in (gateway, worker):
+    for pod in (gateway, worker, hooks):
         assert allowed(pod, dns, 53, "UDP") and allowed(pod, dns, 53, "TCP")
+    # The deliverer reaches public receivers on 80 and 443, nothing private, no other pod.
+    for public in ("93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"):
+        receiver = Pod("", {}, address=public)
+        assert allowed(hooks, receiver, 443) and allowed(hooks, receiver, 80)
+        assert not allowed(hooks, receiver, 6379)
+    for private in ("10.0.0.5", "169.254.169.254", "192.168.1.1", "172.20.0.1", "127.0.0.1", "fd00::1"):
+        assert not allowed(hooks, Pod("", {}, address=private), 443), private
+    assert allowed(prometheus, hooks, 9300)
+    assert not allowed(hooks, gateway, 8000) and not allowed(hooks, worker, 9200)
+    assert not allowed(stranger, hooks, 9300)
+    assert not allowed(gateway, Pod("", {}, address="93.184.215.14"), 443)
     assert allowed(ingress_controller, gateway, 8000)
     assert allowed(prometheus, gateway, 8000)
     assert allowed(prometheus, worker, 9200)
