@@ -177,7 +177,8 @@ class _Stream:
                 self.sent_step = 0  # a new attempt starts from the first step
             if shown is not None and job.terminal and job.step > self.sent_step:
                 out.append(self.progress(job.step, job))  # the last step, then the end
-            view = job_view(job, position, self.state.settings.public_base_url)
+            estimate = await self.state.estimates.of(job, position)
+            view = job_view(job, position, self.state.settings.public_base_url, estimate)
             out.append(sse("job", view.model_dump_json(), str(now)))
             if shown is None:  # the steps it already made are in the view
                 self.sent_step = job.step

@@ -17,6 +17,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 
 from diffq.errors import Conflict, IdempotencyConflict, NotFound, Unavailable, ValidationFailed
+from diffq.eta import Estimate
 from diffq.jobs import (
     DEFAULT_WEBHOOK_EVENTS,
     WEBHOOK_EVENTS,
@@ -45,6 +46,7 @@ class JobAnswer:
     position: int | None = None  # in its queue, when queued
     headers: dict[str, str] = field(default_factory=dict)
     client_gone: bool = False  # the client went away while it waited: nobody hears this answer
+    estimate: Estimate | None = None  # when a queued or running job should start and finish
 
 
 async def submit(
@@ -94,13 +96,15 @@ async def submit(
         position = submitted.position
     else:
         position = await queue_position(state, waited.job)
-    return JobAnswer(waited.job, position, headers | waited.headers, waited.client_gone)
+    estimate = await state.estimates.of(waited.job, position)
+    return JobAnswer(waited.job, position, headers | waited.headers, waited.client_gone, estimate)
 
 
 async def read(state: State, job_id: str, owner: str, *, wait: float | None, gone: ClientGone) -> JobAnswer:
     """The caller's job, once terminal or after ``wait`` seconds if asked to wait."""
     waited = await wait_then_load(state, await load(state, job_id, owner), owner, wait, gone)
-    return replace(waited, position=await queue_position(state, waited.job))
+    position = await queue_position(state, waited.job)
+    return replace(waited, position=position, estimate=await state.estimates.of(waited.job, position))
 
 
 @dataclass(frozen=True)

@@ -262,7 +262,7 @@ def readyz(state: StateDep) -> JSONResponse:
 def _job_response(state: State, answer: job_ops.JobAnswer, status: int = 200) -> Response:
     """The job's view as the answer, serialized once: FastAPI would validate a returned model
     against ``response_model`` again first (``response_model`` still documents the route)."""
-    view = job_view(answer.job, position=answer.position, base=state.settings.public_base_url)
+    view = job_view(answer.job, answer.position, state.settings.public_base_url, answer.estimate)
     return Response(
         view.model_dump_json(), status_code=status, media_type="application/json", headers=answer.headers
     )

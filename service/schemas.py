@@ -155,6 +155,17 @@ class Timings(BaseModel):
     queue_ms: float | None
     run_ms: float | None
     total_ms: float | None
+    estimated_start_at: str | None = Field(
+        default=None,
+        description="A queued job's estimated start: the work queued ahead of it at its priority "
+        "and above, at the live workers' measured pace. Null once it started, or with no worker "
+        "pace to go by.",
+    )
+    estimated_finish_at: str | None = Field(
+        default=None,
+        description="A queued or running job's estimated finish: its start (or now) and its "
+        "remaining steps at the workers' step time. Null once terminal, or with no pace.",
+    )
 
 
 class ImageRef(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from diffq.store import Limits, RedisStore
 from model_store.manifest import Manifest
 from service.config import GatewaySettings
+from service.estimates import Estimates
 from service.metrics import GatewayMetrics
 from service.waiters import Waiters
 
@@ -30,6 +31,7 @@ class State:
         self.waiters = Waiters(
             store, settings.max_waiters_per_key, settings.max_waiters, on_count=self.metrics.waiters.set
         )
+        self.estimates = Estimates(store, settings.worker_liveness_seconds)
         self.metrics.watch_queue(store, list(models), settings.worker_liveness_seconds)
         self.default_model = settings.default_model or next(iter(models))
         if self.default_model not in models:

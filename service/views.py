@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from diffq.eta import Estimate
 from diffq.jobs import Job, image_seed
 from model_store.manifest import Manifest
 from service.schemas import MAX_PROMPT_CHARS, JobView, ModelView, SizeView
@@ -22,8 +23,9 @@ def image_url(job_id: str, index: int, base: str = "") -> str:
     return f"{base}/v1/jobs/{job_id}/images/{index}"
 
 
-def job_view(job: Job, position: int | None, base: str = "") -> JobView:
-    """The API's view of a job record; image URLs are prefixed with ``base``."""
+def job_view(job: Job, position: int | None, base: str = "", estimate: Estimate | None = None) -> JobView:
+    """The API's view of a job record; image URLs are prefixed with ``base``; ``estimate``:
+    when a queued or running job should start and finish."""
     req = job.request
     images = [
         {"url": image_url(job.id, i, base), "seed": image_seed(req.seed, i)} for i in range(job.image_count)
@@ -44,6 +46,8 @@ def job_view(job: Job, position: int | None, base: str = "") -> JobView:
                 "queue_ms": _ms(job.queue_seconds),
                 "run_ms": _ms(job.run_seconds),
                 "total_ms": _ms(job.total_seconds),
+                "estimated_start_at": _iso(estimate.start_at) if estimate else None,
+                "estimated_finish_at": _iso(estimate.finish_at) if estimate else None,
             },
             "images": images,
             "error": {"type": job.error.type, "message": job.error.message} if job.error else None,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from diffq import failpoints
+from diffq.eta import PaceMeter
 from diffq.failpoints import Failpoints
 from diffq.jobs import ErrorType, Job, JobError, JobRequest, Status, expire, image_seed, transition
 from diffq.store import Claimed, NewWork, RedisStore
@@ -91,6 +92,7 @@ class Worker:
         )
         self.scheduler: Scheduler[Claimed] = Scheduler(self.policy, self.settings.batching == "continuous")
         self._last_beat = 0.0
+        self.pace = PaceMeter()  # published with each heartbeat: the gateway's estimates
         self._last_reclaim = 0.0
         self.failpoints = Failpoints(self.settings.failpoints)
         self._connected = False  # joined the queue, and Redis answered the last call
@@ -243,7 +245,7 @@ class Worker:
     def _heartbeat(self) -> None:
         now = time.time()
         if now - self._last_beat >= self.settings.heartbeat_seconds:
-            self.store.heartbeat(self.model, self.worker_id, now)
+            self.store.heartbeat(self.model, self.worker_id, now, self.pace.close_window())
             self._last_beat = now
             self._renew()
             self._reclaim()
@@ -578,6 +580,7 @@ class Worker:
         """
         started = time.perf_counter()
         batch = self.scheduler.batch()
+        self.pace.step_started(started, batch.rows)
         stats = self.engine.stats
         rows_before, seconds_before = stats.rows, stats.seconds
         if not batch.groups:  # only finished jobs left to store

@@ -14,12 +14,14 @@ later job of a lighter owner may still pass it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from diffq.errors import Overloaded, RateLimited, TooManyJobs, TooMuchQueuedWork
+from diffq.eta import Backlog, Pace
 from diffq.jobs import PRIORITIES, Job, Priority
-from diffq.store.codec import encode, text
+from diffq.store.codec import encode, pairs, text
 from diffq.store.connection import Connection
 from diffq.store.faults import unavailable
 from diffq.store.lua import Call, Script, run, run_async
@@ -174,6 +176,26 @@ return {depth, work, age}
 """,
 )
 
+# The paces of the model's workers heard from since ``since`` (unix seconds), as a flat
+# [worker, value, ...] list; older entries (workers gone without saying so) are dropped.
+PACES = Script(
+    ("paces",),
+    ("since",),
+    """
+local out = {}
+local fields = redis.call('HGETALL', paces)
+for i = 1, #fields, 2 do
+  local at = tonumber(string.match(fields[i + 1], '(%S+)$') or '0')
+  if at >= tonumber(since) then
+    table.insert(out, fields[i]); table.insert(out, fields[i + 1])
+  else
+    redis.call('HDEL', paces, fields[i])
+  end
+end
+return out
+""",
+)
+
 
 class Admission(Connection):
     def submit(
@@ -261,6 +283,21 @@ class Admission(Connection):
             {"job_id": job_id},
             [k.waiting(model, p) for p in _higher(priority)],
         )
+
+    async def backlog_async(self, model: str, within_seconds: float) -> Backlog:
+        """What the model's estimates read: its queue (as ``queue_stats``) and the paces of the
+        workers heard from within ``within_seconds``."""
+        k = self.keys
+        stats_call = QUEUE_STATS.bind({"since": k.since(model), "model_work": k.work(model)}, {})
+        paces_call = PACES.bind({"paces": k.pace(model)}, {"since": time.time() - within_seconds})
+        with unavailable():
+            depth, work, _ = await run_async(self._async(), stats_call)
+            flat = await run_async(self._async(), paces_call)
+        paces = []
+        for value in pairs(flat).values():
+            rate, step, _at = text(value).split()
+            paces.append(Pace(float(rate), float(step)))
+        return Backlog(int(depth), int(work), tuple(paces))
 
     def queue_stats(self, model: str) -> QueueStats:
         """The jobs waiting for a worker, all priorities: how many, their denoiser evaluations

@@ -18,6 +18,7 @@ Claimed (the workers' side)
 - ``<p>:claimed:<m>``         stream: one entry per claimed job, in consumer group ``workers``:
                               its pending entries are the workers' leases
 - ``<p>:workers:<m>``         sorted set: worker id -> last heartbeat (unix seconds)
+- ``<p>:pace:<m>``            hash: worker id -> "rows/s step-seconds unix-time", its pace (ETAs)
 - ``<p>:dead:<m>``            stream: jobs given up after too many deliveries (dead letters)
 
 Admission
@@ -91,6 +92,9 @@ class Keys:
 
     def workers(self, model: str) -> str:
         return f"{self.prefix}:workers:{model}"
+
+    def pace(self, model: str) -> str:
+        return f"{self.prefix}:pace:{model}"
 
     def dead(self, model: str) -> str:
         return f"{self.prefix}:dead:{model}"

@@ -16,6 +16,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from diffq.eta import Pace
 from diffq.jobs import PRIORITIES, Job, Priority
 from diffq.store.codec import decode, pairs, text
 from diffq.store.connection import Connection
@@ -206,11 +207,25 @@ class WorkQueue(Connection):
             pubsub.subscribe(self.keys.new_work_channel(model))
         return NewWork(pubsub)
 
-    def heartbeat(self, model: str, worker_id: str, now: float | None = None) -> None:
-        self._r.zadd(self.keys.workers(model), {worker_id: now if now is not None else time.time()})
+    def heartbeat(
+        self, model: str, worker_id: str, now: float | None = None, pace: Pace | None = None
+    ) -> None:
+        """The worker is alive at ``now``; with ``pace``, how fast it goes (for estimates)."""
+        now = now if now is not None else time.time()
+        if pace is None:
+            self._r.zadd(self.keys.workers(model), {worker_id: now})
+            return
+        pipe = self._r.pipeline(transaction=False)
+        pipe.zadd(self.keys.workers(model), {worker_id: now})
+        value = f"{pace.rows_per_second:.6g} {pace.step_seconds:.6g} {now:.3f}"
+        pipe.hset(self.keys.pace(model), worker_id, value)
+        pipe.execute()
 
     def remove_worker(self, model: str, worker_id: str) -> None:
-        self._r.zrem(self.keys.workers(model), worker_id)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.zrem(self.keys.workers(model), worker_id)
+        pipe.hdel(self.keys.pace(model), worker_id)
+        pipe.execute()
 
     def live_workers(self, model: str, within_seconds: float, now: float | None = None) -> int:
         now = now if now is not None else time.time()

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from diffq.errors import Unavailable
+from diffq.eta import Pace
 from diffq.jobs import Job, JobRequest, Priority, Status, new_job_id, transition
 from diffq.serve import free_port
 from diffq.store import RedisStore
@@ -108,6 +109,22 @@ def test_heartbeats(store: RedisStore) -> None:
     assert store.live_workers(MODEL, within_seconds=5, now=now) == 1
     store.remove_worker(MODEL, "w2")
     assert store.live_workers(MODEL, within_seconds=5, now=now) == 0
+
+
+def test_paces_come_with_heartbeats_and_go_with_their_workers(store: RedisStore) -> None:
+    now = time.time()
+    store.heartbeat(MODEL, "old", now - 100, Pace(999.0, 9.0))  # a worker gone without a word
+    store.heartbeat(MODEL, "w1", now, Pace(120.5, 0.25))
+    store.heartbeat(MODEL, "w2", now, Pace(80.0, 0.35))
+    store.heartbeat(MODEL, "w3", now)  # no step timed yet: alive, no pace
+    for j in (new_job(1), new_job(2, num_images=3)):
+        store.submit(j)
+    backlog = asyncio.run(store.backlog_async(MODEL, within_seconds=10))
+    assert (backlog.depth, backlog.evaluations) == (2, 4 + 12)
+    assert sorted(backlog.paces, key=lambda p: p.step_seconds) == [Pace(120.5, 0.25), Pace(80.0, 0.35)]
+    assert not store._r.hexists(store.keys.pace(MODEL), "old")  # the stale pace was dropped
+    store.remove_worker(MODEL, "w1")
+    assert asyncio.run(store.backlog_async(MODEL, within_seconds=10)).paces == (Pace(80.0, 0.35),)
 
 
 def test_unreachable_redis_is_unavailable_quickly() -> None:
