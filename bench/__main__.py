@@ -13,6 +13,7 @@ from pathlib import Path
 from bench.ceiling import END_TO_END_CLIENTS, measure_ceiling, measure_pipeline_ceiling, measure_simulated
 from bench.client import Api
 from bench.engine import curve_sizes, load_engine, measure_curve
+from bench.eta import measure_eta
 from bench.gateway import measure_gateway
 from bench.latency import measure_latency
 from bench.machine import CpuSample, cpu_sample, describe, outside_share
@@ -131,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             capacity_batches=3 if quick else 8,
             jobs_per_load=12 if quick else 200,
             seed=args.seed,
+        )
+        step("ETA accuracy")
+        results.eta = measure_eta(
+            stack, api, results.latency.reference_capacity, jobs=24 if quick else 200, seed=args.seed
         )
         step("gateway throughput")
         results.gateway = measure_gateway(

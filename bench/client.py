@@ -64,10 +64,15 @@ class Api:
         self.http.close()
 
     def submit(self, job: Request) -> str:
+        return str(self.submit_view(job)["id"])
+
+    def submit_view(self, job: Request) -> dict[str, Any]:
+        """The submission's answer: the job view (its estimates among its timings)."""
         r = self.http.post("/v1/jobs", json=job.body())
         if r.status_code != 202:
             raise RuntimeError(f"submit answered {r.status_code}: {r.text[:300]}")
-        return str(r.json()["id"])
+        view: dict[str, Any] = r.json()
+        return view
 
     def run(self, job: Request) -> dict[str, Any]:
         """Submit and wait in one request (``Prefer: wait`` on the POST); jobs still running

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 
 from bench.ceiling import Ceiling, Drain, PipelineDrain, SimulatedDevice
 from bench.engine import EngineCurve
+from bench.eta import LOAD, EtaAccuracy
 from bench.gateway import GatewayThroughput
 from bench.inprocess import QUIET_SECONDS, REST
 from bench.latency import LOADS, LatencyUnderLoad
@@ -56,6 +57,7 @@ class Results:
     ceiling: Ceiling | None = None  # 7: the worker around a zero-cost denoiser
     simulated: SimulatedDevice | None = None  # 8: the worker around the H200 curve
     pipeline_ceiling: PipelineDrain | None = None  # 9: the tiny SD pipeline on free stages
+    eta: EtaAccuracy | None = None  # 10: ETAs against what happened
 
 
 def write_report(results: Results, out: Path, plots: Path) -> None:
@@ -98,6 +100,7 @@ def render(r: Results, images: dict[str, str]) -> str:
         + _ceiling(r)
         + _simulated(r)
         + _pipeline_ceiling(r)
+        + _eta(r)
         + _reproduce()
     )
     return "\n".join(lines)
@@ -142,6 +145,17 @@ def _summary(r: Results) -> list[str]:
             )
         )
     rows += _simulated_summary(r)
+    if r.eta:
+        for point in r.eta.points:
+            rows.append(
+                (
+                    f"10. ETA median error, {point.name}",
+                    f"finish {point.finish_median_s:.2f} s ({point.finish_median_relative:.0%} of the wait), "
+                    f"start {point.start_median_s:.2f} s",
+                    "-",
+                    "-",
+                )
+            )
     out = ["## Summary", "", "| figure | measured | target | |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return [*out, ""]
@@ -615,6 +629,32 @@ def _pipeline_ceiling(r: Results) -> list[str]:
         "",
     ]
     return out
+
+
+def _eta(r: Results) -> list[str]:
+    e = r.eta
+    if e is None:
+        return []
+    out = [
+        "## 10. ETAs",
+        "",
+        "Each job's estimate as its submission was answered (`timings.estimated_start_at`, "
+        "`estimated_finish_at`: the work queued ahead at the worker's measured pace, then its steps "
+        "at the measured step time) against its `started_at` and `finished_at`. Figure 3's job mix, "
+        f"as one burst, then as Poisson arrivals at {LOAD:.0%} of figure 3's reference capacity. "
+        "Errors are absolute; relative is over the job's actual submission-to-finish time.",
+        "",
+        "| run | jobs | with an estimate | median wait s | start error median / p90 s "
+        "| finish error median / p90 s | finish error median, relative |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    out += [
+        f"| {p.name} | {p.jobs} | {p.estimated} | {p.median_wait_s:.2f} | {p.start_median_s:.2f} / "
+        f"{p.start_p90_s:.2f} | {p.finish_median_s:.2f} / {p.finish_p90_s:.2f} | "
+        f"{p.finish_median_relative:.0%} |"
+        for p in e.points
+    ]
+    return [*out, ""]
 
 
 def _reproduce() -> list[str]:

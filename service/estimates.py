@@ -18,6 +18,7 @@ from diffq.jobs import Job
 from diffq.store import RedisStore
 
 MAX_AGE_SECONDS = 1.0
+MEAN_WEIGHT = 0.05  # a new submission's weight in the model's mean work per job
 
 
 class Estimates:
@@ -26,13 +27,23 @@ class Estimates:
         self.live_within_seconds = live_within_seconds
         self._cache: dict[str, tuple[float, Backlog]] = {}  # model -> (monotonic read time, backlog)
         self._reads: dict[str, asyncio.Future[Backlog]] = {}  # model -> the read under way
+        self._mean_work: dict[str, float] = {}  # model -> recent submissions' mean evaluations
+
+    def submitted(self, job: Job) -> None:
+        """A new job of ``job``'s model: its work moves the model's mean."""
+        model, work = job.request.model, float(job.request.evaluations)
+        mean = self._mean_work.get(model)
+        self._mean_work[model] = work if mean is None else mean + MEAN_WEIGHT * (work - mean)
 
     async def of(self, job: Job, position: int | None) -> Estimate | None:
         """``job``'s estimate, or None (terminal, no worker pace yet, or no backlog to go by)."""
         if job.terminal:
             return None
-        backlog = await self.backlog(job.request.model)
-        return None if backlog is None else estimate(job, position, backlog, time.time())
+        model = job.request.model
+        backlog = await self.backlog(model)
+        if backlog is None:
+            return None
+        return estimate(job, position, backlog, time.time(), self._mean_work.get(model))
 
     async def backlog(self, model: str) -> Backlog | None:
         cached = self._cache.get(model)

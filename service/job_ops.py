@@ -88,6 +88,7 @@ async def submit(
         headers["Idempotent-Replayed"] = "true"
     else:
         state.metrics.submitted.labels(req.model).inc()
+        state.estimates.submitted(job)
         log.info("job state", extra={"job_id": job.id, "status": "queued", "model": req.model})
     headers["Location"] = f"/v1/jobs/{job.id}"
     waited = await wait_then_load(state, job, owner, wait, gone, slot_held=True)

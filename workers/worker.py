@@ -92,7 +92,9 @@ class Worker:
         )
         self.scheduler: Scheduler[Claimed] = Scheduler(self.policy, self.settings.batching == "continuous")
         self._last_beat = 0.0
-        self.pace = PaceMeter()  # published with each heartbeat: the gateway's estimates
+        # Published with each heartbeat, for the gateway's estimates; a full batch is the
+        # budget under a backlog.
+        self.pace = PaceMeter(full_rows=self.policy.rows(backlog=True))
         self._last_reclaim = 0.0
         self.failpoints = Failpoints(self.settings.failpoints)
         self._connected = False  # joined the queue, and Redis answered the last call
@@ -580,7 +582,7 @@ class Worker:
         """
         started = time.perf_counter()
         batch = self.scheduler.batch()
-        self.pace.step_started(started, batch.rows)
+        self.pace.step_started(started, sum(2 if r.guided else 1 for g in batch.groups for r in g))
         stats = self.engine.stats
         rows_before, seconds_before = stats.rows, stats.seconds
         if not batch.groups:  # only finished jobs left to store

@@ -293,10 +293,7 @@ class Admission(Connection):
         with unavailable():
             depth, work, _ = await run_async(self._async(), stats_call)
             flat = await run_async(self._async(), paces_call)
-        paces = []
-        for value in pairs(flat).values():
-            rate, step, _at = text(value).split()
-            paces.append(Pace(float(rate), float(step)))
+        paces = [p for p in map(_pace, pairs(flat).values()) if p is not None]
         return Backlog(int(depth), int(work), tuple(paces))
 
     def queue_stats(self, model: str) -> QueueStats:
@@ -306,6 +303,16 @@ class Admission(Connection):
         with unavailable():
             depth, work, age_ms = run(self._r, call)
         return QueueStats(int(depth), int(work), int(age_ms) / 1000 if int(age_ms) >= 0 else None)
+
+
+def _pace(value: Any) -> Pace | None:
+    """A worker's published pace (``WorkQueue.heartbeat``); None for one this release cannot
+    read (another version's, during a rolling upgrade): it just counts for nothing."""
+    try:
+        rate, step, full_rows, fixed, per_row, _at = text(value).split()
+        return Pace(float(rate), float(step), int(full_rows), float(fixed), float(per_row))
+    except ValueError:
+        return None
 
 
 def _higher(priority: Priority) -> tuple[Priority, ...]:

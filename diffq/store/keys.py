@@ -18,7 +18,7 @@ Claimed (the workers' side)
 - ``<p>:claimed:<m>``         stream: one entry per claimed job, in consumer group ``workers``:
                               its pending entries are the workers' leases
 - ``<p>:workers:<m>``         sorted set: worker id -> last heartbeat (unix seconds)
-- ``<p>:pace:<m>``            hash: worker id -> "rows/s step-seconds unix-time", its pace (ETAs)
+- ``<p>:pace:<m>``            hash: worker id -> its pace (``diffq.eta.Pace``'s fields, then unix time)
 - ``<p>:dead:<m>``            stream: jobs given up after too many deliveries (dead letters)
 
 Admission

@@ -217,7 +217,10 @@ class WorkQueue(Connection):
             return
         pipe = self._r.pipeline(transaction=False)
         pipe.zadd(self.keys.workers(model), {worker_id: now})
-        value = f"{pace.rows_per_second:.6g} {pace.step_seconds:.6g} {now:.3f}"
+        value = (
+            f"{pace.rows_per_second:.6g} {pace.step_seconds:.6g} {pace.full_rows} {pace.fixed_seconds:.6g} "
+            f"{pace.per_row_seconds:.6g} {now:.3f}"
+        )
         pipe.hset(self.keys.pace(model), worker_id, value)
         pipe.execute()
 

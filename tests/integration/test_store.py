@@ -117,6 +117,7 @@ def test_paces_come_with_heartbeats_and_go_with_their_workers(store: RedisStore)
     store.heartbeat(MODEL, "w1", now, Pace(120.5, 0.25))
     store.heartbeat(MODEL, "w2", now, Pace(80.0, 0.35))
     store.heartbeat(MODEL, "w3", now)  # no step timed yet: alive, no pace
+    store._r.hset(store.keys.pace(MODEL), "w4", f"1 2 three {now}")  # unreadable: counts for nothing
     for j in (new_job(1), new_job(2, num_images=3)):
         store.submit(j)
     backlog = asyncio.run(store.backlog_async(MODEL, within_seconds=10))
