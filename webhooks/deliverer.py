@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -29,6 +30,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import SplitResult
 
@@ -52,10 +54,23 @@ BUSY_RETRY_SECONDS = 1.0  # a delivery put back because its receiver is at its b
 BACKLOG_SECONDS = 5.0  # how often the queued and dead-letter gauges are read
 
 
-async def resolve_host(host: str, port: int) -> list[str]:
-    """The addresses of ``host`` (the event loop's resolver; a literal address is itself)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
+class Resolver:
+    """``getaddrinfo`` on threads of its own, one per delivery in flight: the event loop's
+    shared few would let a handful of names whose DNS hangs hold every other delivery's
+    lookup (an attempt's timeout ends the wait, not the blocked lookup)."""
+
+    def __init__(self, threads: int) -> None:
+        self.pool = ThreadPoolExecutor(threads, "resolve")
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        """The addresses of ``host`` (a literal address is itself)."""
+        infos = await asyncio.get_running_loop().run_in_executor(
+            self.pool, functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        )
+        return [str(info[4][0]) for info in infos]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -93,13 +108,16 @@ class Deliverer:
         settings: WebhookSettings,
         store: RedisStore,
         metrics: WebhookMetrics,
-        resolve: Resolve = resolve_host,
+        resolve: Resolve | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
         self.secrets: WebhookSecrets = settings.webhook_keys
+        self._resolver: Resolver | None = None
+        if resolve is None:
+            self._resolver = resolve = Resolver(settings.webhook_concurrency)
         self.resolve = resolve
         self.rng = rng or random.Random()
         self.name = settings.webhook_deliverer_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -133,6 +151,8 @@ class Deliverer:
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=self.settings.lease_seconds)
             await self._client.aclose()
+            if self._resolver is not None:
+                self._resolver.close()
 
     async def _read_backlog(self) -> None:
         with contextlib.suppress(Unavailable):
@@ -156,7 +176,9 @@ class Deliverer:
                 log.warning("store unavailable", extra={"error": e.message})
             self.connected = False
             return 0
-        busy = []
+        busy: list[tuple[Delivery, float]] = []
+        waiting: Counter[str] = Counter()  # receiver -> its deliveries put back by this claim
+        now = time.time()
         for d in claimed:
             try:
                 parts = check_url(d.url)
@@ -165,8 +187,12 @@ class Deliverer:
                 await self._settle_dead(d, str(e), d.body, d.attempts + 1)
                 continue
             where = receiver(parts)
-            if self._busy[where] >= self.settings.webhook_max_in_flight_per_receiver:
-                busy.append(d)
+            bound = self.settings.webhook_max_in_flight_per_receiver
+            if self._busy[where] >= bound:
+                # Due in turns, a bound's worth a second: a receiver with thousands due is not
+                # claimed and put back thousands of times a second.
+                busy.append((d, now + BUSY_RETRY_SECONDS * (1 + waiting[where] // bound)))
+                waiting[where] += 1
                 continue
             self._busy[where] += 1
             task = asyncio.create_task(self._deliver(d, parts, where))
@@ -174,7 +200,7 @@ class Deliverer:
             task.add_done_callback(self._tasks.discard)
         if busy:
             with contextlib.suppress(Unavailable):  # else their leases run out, the same
-                await self.store.defer_deliveries_async(busy, time.time() + BUSY_RETRY_SECONDS)
+                await self.store.defer_deliveries_async(busy)
             if len(busy) == len(claimed):
                 # Only busy receivers' deliveries are due: wait for an attempt to end rather
                 # than claim the same ones again at once.

@@ -71,18 +71,18 @@ return 1
 """,
 )
 
-# Put claimed deliveries back, due at ``due_ms``, no attempt counted: those of the ARGV tail
-# (id, token pairs) whose lease the token still holds. Returns how many were put back.
+# Put claimed deliveries back, no attempt counted: those of the ARGV tail (id, token, due ms
+# triples) whose lease the token still holds, each due at its time. Returns how many.
 DEFER = Script(
     ("due",),
-    ("prefix", "due_ms"),
+    ("prefix",),
     """
 local n = 0
-for i = more_argv, #ARGV, 2 do
+for i = more_argv, #ARGV, 3 do
   local h = prefix .. ARGV[i]
   if redis.call('HGET', h, 'lease') == ARGV[i + 1] then
     redis.call('HDEL', h, 'lease')
-    redis.call('ZADD', due, tonumber(due_ms), ARGV[i])
+    redis.call('ZADD', due, tonumber(ARGV[i + 2]), ARGV[i])
     n = n + 1
   end
 end
@@ -188,13 +188,13 @@ class Deliveries(Connection):
         with unavailable():
             return bool(await run_async(self._async(), SETTLE.bind(keys, argv, more_argv=tail)))
 
-    async def defer_deliveries_async(self, deliveries: Sequence[Delivery], due_at: float) -> int:
-        """Put ``deliveries`` (still leased to their tokens) back, due at ``due_at``, without
+    async def defer_deliveries_async(self, deferred: Sequence[tuple[Delivery, float]]) -> int:
+        """Put the deliveries (still leased to their tokens) back, each due at its time, without
         counting an attempt: their receiver had no room. How many were put back."""
-        if not deliveries:
+        if not deferred:
             return 0
-        argv = {"prefix": self.keys.delivery_prefix, "due_ms": int(due_at * 1000)}
-        tail = [x for d in deliveries for x in (d.id, d.token)]
+        argv = {"prefix": self.keys.delivery_prefix}
+        tail = [x for d, due_at in deferred for x in (d.id, d.token, int(due_at * 1000))]
         with unavailable():
             return int(
                 await run_async(

@@ -11,86 +11,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import ROOT, Stack, wait_for
+from tests.receivers import Answer, Received, Receiver, status
 from webhooks.signing import new_secret
 
 SECRET, OLD_SECRET = new_secret(), new_secret()
 JOB = {"class_label": 3, "num_images": 1, "steps": 2, "sampler": "ddim", "guidance_scale": 1.0}
 
 
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-    status: int  # what the receiver answered
-
-
-@dataclass
-class Receiver:
-    """An HTTP server on loopback that records every POST; ``answer`` picks each reply's status
-    (from how many came before it) and may block."""
-
-    answer: Callable[[int], int] = lambda _n: 200
-    received: list[Received] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook?from=diffq"
-
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                with receiver.lock:
-                    n = len(receiver.received)
-                    receiver.received.append(Received(dict(self.headers.items()), body, 0))
-                status = receiver.answer(n)
-                receiver.received[n].status = status
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def delivered(self) -> list[Received]:
-        with self.lock:
-            return [r for r in self.received if 200 <= r.status < 300]
-
-    def wait_delivered(self, count: int, timeout: float = 60) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while len(self.delivered()) < count:
-            assert time.monotonic() < deadline, (
-                f"{len(self.delivered())} of {count} delivered: {self.received}"
-            )
-            time.sleep(0.05)
-        return self.delivered()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
+    r = Receiver()
     yield r
     r.stop()
 
@@ -124,16 +60,17 @@ def test_every_terminal_job_is_delivered_signed(make_stack: Callable[..., Stack]
     start(stack)
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
         ok = [
-            client.post("/v1/jobs", json={**JOB, "seed": s, "webhook": receiver.url}).json() for s in range(3)
+            client.post("/v1/jobs", json={**JOB, "seed": s, "webhook": receiver.url()}).json()
+            for s in range(3)
         ]
         started = client.post(
-            "/v1/jobs", json={**JOB, "webhook": receiver.url, "webhook_events": ["started", "succeeded"]}
+            "/v1/jobs", json={**JOB, "webhook": receiver.url(), "webhook_events": ["started", "succeeded"]}
         ).json()
-        assert started["webhook_events"] == ["started", "succeeded"] and ok[0]["webhook"] == receiver.url
-        long = client.post("/v1/jobs", json={**JOB, "steps": 40, "webhook": receiver.url}).json()
+        assert started["webhook_events"] == ["started", "succeeded"] and ok[0]["webhook"] == receiver.url()
+        long = client.post("/v1/jobs", json={**JOB, "steps": 40, "webhook": receiver.url()}).json()
         assert client.delete(f"/v1/jobs/{long['id']}").status_code in (200, 202)
         expired = client.post(
-            "/v1/jobs", json={**JOB, "deadline_seconds": 0.001, "webhook": receiver.url}
+            "/v1/jobs", json={**JOB, "deadline_seconds": 0.001, "webhook": receiver.url()}
         ).json()
         unhooked = client.post("/v1/jobs", json=JOB).json()
         final = {
@@ -175,11 +112,11 @@ def test_every_terminal_job_is_delivered_signed(make_stack: Callable[..., Stack]
 def test_a_receiver_that_fails_for_a_while_gets_the_events_later(
     make_stack: Callable[..., Stack], receiver: Receiver
 ) -> None:
-    receiver.answer = lambda n: 503 if n < 3 else 200  # down for the first three attempts
+    receiver.handle = lambda n: status(503 if n < 3 else 200)  # down for the first three attempts
     stack = hooked_stack(make_stack)
     start(stack)
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
-        job = client.post("/v1/jobs", json={**JOB, "webhook": receiver.url}).json()
+        job = client.post("/v1/jobs", json={**JOB, "webhook": receiver.url()}).json()
         wait_for(client, job["id"], {"succeeded"})
     [r] = receiver.wait_delivered(1)
     assert [x.status for x in receiver.received] == [503, 503, 503, 200]
@@ -197,18 +134,19 @@ def test_killing_the_deliverer_mid_attempt_and_mid_retry_loses_nothing(
 ) -> None:
     hang, up = threading.Event(), threading.Event()
 
-    def answer(n: int) -> int:
+    def answer(n: int) -> Answer:
         if n == 0:
             hang.wait(30)  # the first attempt hangs: its deliverer is killed meanwhile
-            return 500  # to a deliverer that is gone: whatever it answers, nobody hears it
-        return 200 if up.is_set() else 500
+            return status(500)  # to a deliverer that is gone: whatever it answers, nobody hears it
+        return status(200 if up.is_set() else 500)
 
-    receiver.answer = answer
+    receiver.handle = answer
     stack = hooked_stack(make_stack, DIFFQ_WEBHOOK_TIMEOUT_SECONDS="2")  # a lease of 9 s
     start(stack)
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
         jobs = [
-            client.post("/v1/jobs", json={**JOB, "seed": s, "webhook": receiver.url}).json() for s in range(4)
+            client.post("/v1/jobs", json={**JOB, "seed": s, "webhook": receiver.url()}).json()
+            for s in range(4)
         ]
         for j in jobs:
             wait_for(client, j["id"], {"succeeded"})
@@ -229,7 +167,7 @@ def test_private_receivers_are_refused_without_the_setting(
 ) -> None:
     stack = make_stack(DIFFQ_WEBHOOK_SECRETS=f"*={SECRET}", DIFFQ_WEBHOOK_POLL_SECONDS="0.05")
     start(stack)
-    port = receiver.url.split(":")[2].split("/")[0]
+    port = receiver.port
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
         for host in ("127.0.0.1", "[::1]", "169.254.169.254", "10.0.0.7", "[::ffff:192.168.1.1]"):
             r = client.post("/v1/jobs", json={**JOB, "webhook": f"http://{host}:{port}/hook"})
@@ -249,16 +187,16 @@ def test_private_receivers_are_refused_without_the_setting(
 def test_dead_letters_replay_to_a_receiver_that_came_back(
     make_stack: Callable[..., Stack], receiver: Receiver
 ) -> None:
-    receiver.answer = lambda _n: 500
+    receiver.handle = lambda _n: status(500)
     stack = hooked_stack(make_stack, DIFFQ_WEBHOOK_BACKOFF_SCALE="0.0001")  # 8 attempts in ~10 s
     start(stack)
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
-        job = client.post("/v1/jobs", json={**JOB, "webhook": receiver.url}).json()
+        job = client.post("/v1/jobs", json={**JOB, "webhook": receiver.url()}).json()
         wait_for(client, job["id"], {"succeeded"})
     [letter] = wait_dead_letters(stack, 1, timeout=60)
     assert letter["attempts"] == "8" and letter["error"] == "HTTP 500" and letter["body"]["id"] == job["id"]
     assert len(receiver.received) == 8
-    receiver.answer = lambda _n: 200
+    receiver.handle = lambda _n: status(200)
     out = cli(stack, "replay", "--all")
     assert out.returncode == 0 and "replayed 1 of 1" in out.stdout
     [r] = receiver.wait_delivered(1)
@@ -272,7 +210,7 @@ def test_webhooks_need_a_secret_and_valid_fields(
     stack = make_stack(DIFFQ_WEBHOOK_ALLOW_PRIVATE="true")  # no secrets configured
     start(stack, webhooks=False)
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
-        r = client.post("/v1/jobs", json={**JOB, "webhook": receiver.url})
+        r = client.post("/v1/jobs", json={**JOB, "webhook": receiver.url()})
         assert r.status_code == 422 and "DIFFQ_WEBHOOK_SECRETS" in r.json()["error"]["message"]
         for bad in (
             {"webhook": "ftp://example.com/x"},
@@ -280,8 +218,8 @@ def test_webhooks_need_a_secret_and_valid_fields(
             {"webhook": "https://example.com/" + "a" * 2100},
             {"webhook": "https://"},
             {"webhook": "http://example.com:99999/"},
-            {"webhook": receiver.url, "webhook_events": []},
-            {"webhook": receiver.url, "webhook_events": ["done"]},
+            {"webhook": receiver.url(), "webhook_events": []},
+            {"webhook": receiver.url(), "webhook_events": ["done"]},
             {"webhook_events": ["succeeded"]},
         ):
             r = client.post("/v1/jobs", json={**JOB, **bad})

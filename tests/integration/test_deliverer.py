@@ -8,7 +8,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from standardwebhooks.webhooks import Webhook
 from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
 from diffq.store import RedisStore
 from tests.integration.conftest import MODEL
+from tests.receivers import Answer, Receiver, status
 from webhooks.config import WebhookSettings
 from webhooks.deliverer import Deliverer, Outcome
 from webhooks.metrics import WebhookMetrics
@@ -25,68 +25,22 @@ from webhooks.signing import new_secret
 SECRET = new_secret()
 
 
-class Receiver:
-    """Records each POST (its headers) and answers with ``handle``'s (status, headers, body)."""
-
-    def __init__(self, handle: Callable[[int], tuple[int, dict[str, str], bytes]]) -> None:
-        self.handle = handle
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.in_flight = self.most_in_flight = 0
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                with receiver.lock:
-                    n = len(receiver.requests)
-                    receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                    receiver.in_flight += 1
-                    receiver.most_in_flight = max(receiver.most_in_flight, receiver.in_flight)
-                try:
-                    status, headers, payload = receiver.handle(n)
-                    self.send_response(status)
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-                finally:
-                    with receiver.lock:
-                        receiver.in_flight -= 1
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
-    def url(self, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}/hook"
-
-
 @pytest.fixture
 def receivers() -> Iterator[list[Receiver]]:
     made: list[Receiver] = []
     yield made
     for r in made:
-        r.server.shutdown()
+        r.stop()
 
 
-def receiver(made: list[Receiver], handle: Callable[[int], tuple[int, dict[str, str], bytes]]) -> Receiver:
+def receiver(made: list[Receiver], handle: Callable[[int], Answer]) -> Receiver:
     r = Receiver(handle)
     made.append(r)
     return r
 
 
-def ok(_n: int) -> tuple[int, dict[str, str], bytes]:
-    return 200, {"content-length": "0"}, b""
+def ok(_n: int) -> Answer:
+    return status(200)
 
 
 def deliverer(store: RedisStore, resolve: Any = None, **settings: Any) -> Deliverer:
@@ -98,10 +52,7 @@ def deliverer(store: RedisStore, resolve: Any = None, **settings: Any) -> Delive
         "webhook_poll_seconds": 0.02,
         **settings,
     }
-    d = Deliverer(WebhookSettings(**values), store, WebhookMetrics())
-    if resolve is not None:
-        d.resolve = resolve
-    return d
+    return Deliverer(WebhookSettings(**values), store, WebhookMetrics(), resolve)
 
 
 def finished_job(store: RedisStore, url: str) -> Job:
@@ -137,13 +88,13 @@ def test_redirects_are_not_followed(store: RedisStore, receivers: list[Receiver]
     finished_job(store, redirect.url())
     outcome = asyncio.run(attempt_once(deliverer(store), store))
     assert outcome == Outcome("http_error", "HTTP 307")
-    assert len(redirect.requests) == 1 and target.requests == []
+    assert len(redirect.received) == 1 and target.received == []
 
 
 def test_an_attempt_ends_at_its_timeout(store: RedisStore, receivers: list[Receiver]) -> None:
     release = threading.Event()
 
-    def slow(_n: int) -> tuple[int, dict[str, str], bytes]:
+    def slow(_n: int) -> Answer:
         release.wait(30)
         return ok(0)
 
@@ -153,7 +104,7 @@ def test_an_attempt_ends_at_its_timeout(store: RedisStore, receivers: list[Recei
         outcome = asyncio.run(attempt_once(deliverer(store, webhook_timeout_seconds=0.5), store))
     finally:
         release.set()
-    assert outcome.kind == "timeout" and len(r.requests) == 1
+    assert outcome.kind == "timeout" and len(r.received) == 1
 
 
 def test_a_huge_answer_is_never_read(store: RedisStore, receivers: list[Receiver]) -> None:
@@ -177,9 +128,9 @@ def test_a_name_is_called_at_its_checked_address_with_its_own_host(
     job = finished_job(store, r.url("hooks.example.test"))
     d = deliverer(store, resolver({"hooks.example.test": ["127.0.0.1"]}))
     assert asyncio.run(attempt_once(d, store)) == Outcome("delivered")
-    [(headers, body)] = r.requests
-    assert headers["host"] == f"hooks.example.test:{r.port}"
-    assert Webhook(SECRET).verify(body, headers)["id"] == job.id
+    [got] = r.received
+    assert got.headers["host"] == f"hooks.example.test:{r.port}"
+    assert Webhook(SECRET).verify(got.body, got.headers)["id"] == job.id
 
 
 @pytest.mark.parametrize(
@@ -194,13 +145,13 @@ def test_a_name_resolving_to_any_private_address_is_refused(
     d = deliverer(store, resolver({"hooks.example.test": addresses}), webhook_allow_private=False)
     outcome = asyncio.run(attempt_once(d, store))
     assert outcome.kind == "refused" and "hooks.example.test resolves to" in outcome.error
-    assert r.requests == []
+    assert r.received == []
 
 
 def test_a_hanging_receiver_holds_only_its_own_slots(store: RedisStore, receivers: list[Receiver]) -> None:
     release = threading.Event()
 
-    def hang(_n: int) -> tuple[int, dict[str, str], bytes]:
+    def hang(_n: int) -> Answer:
         release.wait(60)
         return ok(0)
 
@@ -216,10 +167,10 @@ def test_a_hanging_receiver_holds_only_its_own_slots(store: RedisStore, receiver
         run = asyncio.create_task(d.run())
         deadline = time.monotonic() + 30  # without the bound the stuck receiver holds every slot
         try:
-            while len(healthy.requests) < len(fine):
-                assert time.monotonic() < deadline, (len(healthy.requests), len(stuck.requests))
+            while len(healthy.received) < len(fine):
+                assert time.monotonic() < deadline, (len(healthy.received), len(stuck.received))
                 await asyncio.sleep(0.02)
-            assert len(stuck.requests) == 2  # still hanging: no more than its bound went out
+            assert len(stuck.received) == 2  # still hanging: no more than its bound went out
         finally:
             release.set()
             d.stop.set()
@@ -227,6 +178,6 @@ def test_a_hanging_receiver_holds_only_its_own_slots(store: RedisStore, receiver
 
     asyncio.run(scenario())
     assert stuck.most_in_flight == 2
-    assert sorted(Webhook(SECRET).verify(b, h)["id"] for h, b in healthy.requests) == sorted(
+    assert sorted(Webhook(SECRET).verify(r.body, r.headers)["id"] for r in healthy.received) == sorted(
         j.id for j in fine
     )

@@ -8,8 +8,10 @@ import json
 import time
 from dataclasses import replace
 
+import pytest
+
 from diffq.jobs import Job, JobRequest, Status, new_job_id, transition
-from diffq.store import RedisStore
+from diffq.store import Delivery, RedisStore
 from tests.integration.conftest import MODEL
 
 
@@ -121,3 +123,24 @@ def test_dead_letters_list_and_replay(store: RedisStore) -> None:
     [back] = run(store.claim_deliveries_async(10, 30, "b:1"))
     assert (back.id, back.attempts, back.body) == (d.id, 0, f'{{"id":"{job.id}"}}'.encode())
     assert run(store.deliveries_backlog_async()) == (1, 0)
+
+
+def test_deferring_puts_back_only_what_the_lease_holds_each_at_its_time(store: RedisStore) -> None:
+    for _ in range(3):
+        job = hooked_job()
+        store.submit(job)
+        store.save_transition(job, transition(job, Status.CANCELLED, time.time()))
+    claimed = run(store.claim_deliveries_async(10, 30, "a:1"))
+    assert len(claimed) == 3
+    stolen = replace(claimed[2], token="someone-else")
+    now = time.time()
+    put_back = [(claimed[0], now + 1), (claimed[1], now + 2), (stolen, now + 3)]
+    assert run(store.defer_deliveries_async(put_back)) == 2
+
+    def score(d: Delivery) -> float:
+        return float(store._r.zscore(store.keys.deliveries_due, d.id)) / 1000
+
+    assert score(claimed[0]) == pytest.approx(now + 1, abs=0.01)
+    assert score(claimed[1]) == pytest.approx(now + 2, abs=0.01)
+    assert score(claimed[2]) > now + 20  # still leased to a:1, for 30 s
+    assert [d.attempts for d in run(store.claim_deliveries_async(10, 30, "b:1"))] == []  # none due yet
