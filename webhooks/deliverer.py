@@ -144,7 +144,12 @@ class Deliverer:
                 if self.last_tick >= next_backlog:
                     next_backlog = self.last_tick + BACKLOG_SECONDS
                     await self._read_backlog()
-                if not await self._claim_and_start():
+                try:
+                    claimed = await self._claim_and_start()
+                except Unavailable as e:  # settling a refused one: it comes due again
+                    log.warning("store unavailable", extra={"error": e.message})
+                    claimed = 0
+                if not claimed:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stop.wait(), self.settings.webhook_poll_seconds)
         finally:
@@ -238,6 +243,8 @@ class Deliverer:
             log.info("webhook attempt failed", extra={**self._extra(d, attempts), "error": outcome.error})
         except Unavailable as e:  # the lease runs out and the delivery comes due again
             log.warning("store unavailable", extra={**self._extra(d, d.attempts), "error": e.message})
+        except Exception:  # a bug, not the receiver's fault: logged, and retried at the lease's end
+            log.exception("webhook delivery failed", extra=self._extra(d, d.attempts))
         finally:
             self.metrics.in_flight.dec()
             self._busy[where] -= 1

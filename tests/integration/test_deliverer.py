@@ -181,3 +181,21 @@ def test_a_hanging_receiver_holds_only_its_own_slots(store: RedisStore, receiver
     assert sorted(Webhook(SECRET).verify(r.body, r.headers)["id"] for r in healthy.received) == sorted(
         j.id for j in fine
     )
+
+
+def test_a_store_that_is_gone_stops_nothing() -> None:
+    from diffq.serve import free_port
+
+    gone = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    settings = WebhookSettings(redis_url=gone._url, webhook_secrets=f"*={SECRET}", webhook_poll_seconds=0.02)
+    d = Deliverer(settings, gone, WebhookMetrics())
+
+    async def scenario() -> None:
+        run = asyncio.create_task(d.run())
+        await asyncio.sleep(1.0)
+        assert not run.done()  # still looking, not crashed
+        d.stop.set()
+        await run
+
+    asyncio.run(scenario())
+    assert d.connected is False and d.last_tick is not None
