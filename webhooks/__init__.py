@@ -1,11 +1,14 @@
-"""Webhooks (issue 15): the parts of signed, durable delivery that hold no I/O.
+"""Webhooks (issue 15): signed, durable delivery of job events to the clients' receivers.
 
+Pure parts:
 - ``signing``: Standard Webhooks signatures (``webhook-id``, ``webhook-timestamp``,
   ``webhook-signature``), several secrets at once during a rotation;
+- ``secrets``: which secrets sign which API key's deliveries (``DIFFQ_WEBHOOK_SECRETS``);
 - ``addresses``: which receivers may be called (no loopback, private, link-local or metadata
   addresses unless an operator allows them), checked on the resolved addresses;
 - ``backoff``: when a failed delivery is tried again, and when it is given up.
 
-The delivery itself (a Redis stream of deliveries, the delivering process, metrics) builds on
-these; it is not wired into the gateway or the workers yet.
+The delivering process (``diffq webhooks run``): ``deliverer`` (claims, attempts, settles),
+``config``, ``metrics`` and ``main``. Deliveries are queued by the status changes themselves
+(``diffq.store.records``) and claimed under leases (``diffq.store.deliveries``).
 """
