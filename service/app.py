@@ -20,6 +20,7 @@ from service.body_limit import BodySizeLimit
 from service.config import GatewaySettings
 from service.contract import exact_bounds
 from service.errors import install_error_handlers
+from service.limits import DRAIN
 from service.metrics import RequestMetrics
 from service.routes import openai_router, router, submit_router
 from service.state import State
@@ -40,10 +41,11 @@ def create_app(settings: GatewaySettings, store: RedisStore | None = None) -> Fa
     state = State(settings, store, models)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         state.waiters.start()  # the one subscription that wakes this process's waiting requests
         try:
-            yield
+            # uvicorn hands this to each connection's protocol: at shutdown it drains the waits.
+            yield {DRAIN: state.waiters.drain}
         finally:
             await state.waiters.close()
 

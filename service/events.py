@@ -217,6 +217,11 @@ async def job_events(
         yield chunk
     while not stream.over and (left := ends_at - time.monotonic()) > 0:
         got = await listener.next(min(settings.event_heartbeat_seconds, left))
+        if listener.closed:  # the gateway is stopping: end here, the client resumes elsewhere
+            for announcement in got:
+                for chunk in _step(stream, announcement.step):
+                    yield chunk
+            return
         if not got and not listener.resync:
             if time.monotonic() >= ends_at:
                 return

@@ -89,6 +89,11 @@ async def _overloaded(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# The lifespan state's entry (``service.app``) that ends this process's waits and event streams
+# when uvicorn starts shutting down: they would otherwise run until its graceful timeout and be cut.
+DRAIN = "diffq.drain"
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of ``HttpLimits``:
 
@@ -130,6 +135,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._discarded = 0
 
     # Connection life
+    def shutdown(self) -> None:
+        """uvicorn's shutdown reaching this connection: drain the process's waits first (once
+        for all of them), so a wait or stream in progress answers and ends on its own."""
+        drain = self.app_state.get(DRAIN)
+        if drain is not None:
+            drain()
+        super().shutdown()
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._waiting_since = self.loop.time()

@@ -67,12 +67,13 @@ class Listener:
     the record again (announcements may have been missed: the feed was made again, or the
     inbox overflowed)."""
 
-    __slots__ = ("_event", "_items", "resync")
+    __slots__ = ("_event", "_items", "closed", "resync")
 
     def __init__(self) -> None:
         self._items: deque[Announcement] = deque()
         self._event = asyncio.Event()
         self.resync = False
+        self.closed = False  # the gateway is stopping: the stream ends, its client resumes elsewhere
 
     def put(self, announcement: Announcement) -> None:
         if len(self._items) >= _LISTENER_BACKLOG:
@@ -85,10 +86,14 @@ class Listener:
         self.resync = True
         self._event.set()
 
+    def close(self) -> None:
+        self.closed = True
+        self._event.set()
+
     async def next(self, timeout: float) -> list[Announcement]:
         """What was announced since the last call (waiting up to ``timeout`` seconds for
-        something, or for a ``wake``); empty when nothing was."""
-        if not self._items and not self.resync:
+        something, or for a ``wake``); empty when nothing was, at once once closed."""
+        if not self._items and not self.resync and not self.closed:
             self._event.clear()
             await _wait_for(self._event, timeout)
         items = list(self._items)
@@ -113,6 +118,7 @@ class Waiters:
         self._total = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self.draining = False  # the process is stopping: waits answer at once, streams end
         self._fresh()
 
     def _fresh(self) -> None:
@@ -177,7 +183,7 @@ class Waiters:
         # Registered before the record is read: an announcement from now on wakes it.
         self._by_job.setdefault(job_id, set()).add(waiter)
         try:
-            while (left := deadline - loop.time()) > 0 and not waiter.announced:
+            while (left := deadline - loop.time()) > 0 and not waiter.announced and not self.draining:
                 waiter.event.clear()  # before reading: a reconnect from now on wakes it again
                 if not self._live.is_set():  # announcements would be missed: wait for the feed
                     await _wait_for(self._live, left)
@@ -207,6 +213,7 @@ class Waiters:
         self.start()
         listener = Listener()
         listener.resync = not self._live.is_set()
+        listener.closed = self.draining
         self._listeners.setdefault(job_id, set()).add(listener)
         try:
             yield listener
@@ -233,6 +240,21 @@ class Waiters:
         for listeners in self._listeners.values():
             for listener in listeners:
                 listener.wake()
+
+    def drain(self) -> None:
+        """The process is stopping (uvicorn's shutdown has begun; ``service.limits`` calls
+        this): waiting requests answer with the job as it is now, and event streams end after
+        their last event, so their clients resume on another gateway (``Last-Event-ID``) well
+        before the server's graceful timeout would cut them. Idempotent."""
+        if self.draining:
+            return
+        self.draining = True
+        for waiters in self._by_job.values():
+            for waiter in waiters:
+                waiter.event.set()
+        for listeners in self._listeners.values():
+            for listener in listeners:
+                listener.close()
 
     # the subscription -------------------------------------------------------------------
     def start(self) -> None:

@@ -3,7 +3,9 @@ worker process on the shipped model. The client reads it with the bundled client
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import signal
 import socket
 import threading
 import time
@@ -178,3 +180,24 @@ def test_streams_are_owned_bounded_and_validated(stack: Stack) -> None:
         assert client.delete(f"/v1/jobs/{job['id']}").status_code == 200
         watching.join()
     assert [j["status"] for j in watching.jobs()] == ["queued", "cancelled"] and watching.ended
+
+
+def test_a_stopping_gateway_ends_its_streams_and_answers_its_waits(stack: Stack) -> None:
+    """SIGTERM: an open stream ends cleanly after its last event (its client resumes on
+    another gateway with Last-Event-ID), and a request waiting on the job answers with it as
+    it is: neither is left to be cut at the server's graceful timeout."""
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        job = client.post("/v1/jobs", json=JOB).json()  # no worker: it stays queued
+        reader = Reader(stream(client, job["id"]))
+        assert reader.first.wait(30)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(client.get, f"/v1/jobs/{job['id']}", headers={"Prefer": "wait=60"})
+            time.sleep(0.5)  # the wait is parked
+            stack.stop("gateway", signal.SIGTERM)  # uvicorn re-raises it once shut down: -15
+            log = stack.read_log("gateway")
+            answer = waiting.result(timeout=30)
+        reader.join(30)
+    assert "Application shutdown complete" in log and "graceful shutdown exceeded" not in log, log
+    assert reader.ended, "the stream was cut, not ended"
+    assert [j["status"] for j in reader.jobs()] == ["queued"]
+    assert answer.status_code == 200 and answer.json()["status"] == "queued"
