@@ -7,9 +7,9 @@ families (depth, queued denoiser work, oldest age, live workers) are read from R
 scraped, by whichever gateway process answers the scrape, so several processes never report
 the same backlog twice.
 
-``diffq_waiters`` is set by each process's ``Waiters`` (``on_count``) as a ``Prefer: wait``
-request or an event stream takes or gives back its waiting place; in multiprocess mode a scrape sums the live
-processes' values.
+``diffq_waiters{kind}`` is set by each process's ``Waiters`` (``on_count``) as a ``Prefer: wait``
+request (``wait``) or an event stream (``stream``) takes or gives back its waiting place; in
+multiprocess mode a scrape sums the live processes' values.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from diffq.errors import ServiceError
 from diffq.metrics import DURATION_BUCKETS, PREFIX, add_build_info, merged_registry, multiprocess_mode
 from diffq.store import RedisStore
+from service.waiters import KINDS
 
 
 class GatewayMetrics:
@@ -56,10 +57,14 @@ class GatewayMetrics:
         )
         self.waiters = Gauge(
             f"{PREFIX}_waiters",
-            "Prefer: wait requests waiting and event streams open now, summed over the gateway's processes.",
+            "Places held now, summed over the gateway's processes: Prefer: wait requests waiting "
+            "(kind=wait) and event streams open (kind=stream).",
+            ["kind"],
             registry=r,
             multiprocess_mode="livesum",  # each process sets its own count; a scrape adds them
         )
+        for kind in KINDS:
+            self.waiters.labels(kind).set(0)
         self.queue: Collector | None = None
 
     def watch_queue(self, store: RedisStore, models: Sequence[str], liveness_seconds: float) -> None:

@@ -187,7 +187,7 @@ async def job_events_stream(
     last = EventId.parse(last_event_id) if last_event_id else None
     await job_ops.load(state, job_id, owner)  # 404 before anything is held
     with contextlib.ExitStack() as places:
-        places.enter_context(state.waiters.slot(owner, instead=f"poll GET /v1/jobs/{job_id}"))
+        places.enter_context(state.waiters.slot(owner, instead=f"poll GET /v1/jobs/{job_id}", kind="stream"))
         listener = places.enter_context(state.waiters.listen(job_id))
         # Held until the response is over: the response gives them back.
         held = places.pop_all()

@@ -29,7 +29,10 @@ class State:
         )
         self.metrics = GatewayMetrics()
         self.waiters = Waiters(
-            store, settings.max_waiters_per_key, settings.max_waiters, on_count=self.metrics.waiters.set
+            store,
+            settings.max_waiters_per_key,
+            settings.max_waiters,
+            on_count=lambda kind, n: self.metrics.waiters.labels(kind).set(n),
         )
         self.estimates = Estimates(store, settings.worker_liveness_seconds)
         self.metrics.watch_queue(store, list(models), settings.worker_liveness_seconds)

@@ -15,8 +15,9 @@ An announcement can be missed only while the subscription is down: after it is m
 (the feed reconnects by itself, with back-off, after a store restart) every waiter reads its
 job again, and so does each new waiter once the subscription is confirmed.
 
-``on_count`` (e.g. the ``diffq_waiters`` gauge's ``set``) hears the process's number of
-waiting requests each time a place is taken or given back.
+``on_count`` (the ``diffq_waiters`` gauge) hears the process's number of places held of a
+kind (``wait``: ``Prefer: wait`` requests; ``stream``: event streams) each time one of that
+kind is taken or given back.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class _Waiter:
 # Announcements an event stream has not taken yet, at most (a job's steps, then its end); past
 # it the oldest go and the stream reads the record again instead.
 _LISTENER_BACKLOG = 4096
+
+
+KINDS = ("wait", "stream")  # what holds a waiting place: a Prefer: wait request, an event stream
 
 
 class Listener:
@@ -109,13 +113,14 @@ class Waiters:
         store: RedisStore,
         max_per_key: int,
         max_total: int,
-        on_count: Callable[[int], object] | None = None,
+        on_count: Callable[[str, int], object] | None = None,
     ) -> None:
         self._store = store
         self._on_count = on_count
         self.max_per_key, self.max_total = max_per_key, max_total
         self._per_key: dict[str, int] = {}
         self._total = 0
+        self._by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self.draining = False  # the process is stopping: waits answer at once, streams end
@@ -130,10 +135,12 @@ class Waiters:
 
     # bounds -----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def slot(self, owner: str, instead: str = "poll without Prefer: wait") -> Iterator[None]:
+    def slot(
+        self, owner: str, instead: str = "poll without Prefer: wait", kind: str = "wait"
+    ) -> Iterator[None]:
         """Hold one of ``owner``'s waiting places while inside; ``TooManyWaiters`` (429) when
         the key, or the process, holds its bound. ``instead`` tells the caller what else to do
-        (the route's own words)."""
+        (the route's own words); ``kind`` (one of ``KINDS``) is what the gauge counts it as."""
         held = self._per_key.get(owner, 0)
         if held >= self.max_per_key:
             raise TooManyWaiters(
@@ -149,7 +156,7 @@ class Waiters:
             )
         self._per_key[owner] = held + 1
         self._total += 1
-        self._counted()
+        self._counted(kind, +1)
         try:
             yield
         finally:
@@ -159,11 +166,12 @@ class Waiters:
                 self._per_key[owner] = left
             else:
                 del self._per_key[owner]
-            self._counted()
+            self._counted(kind, -1)
 
-    def _counted(self) -> None:
+    def _counted(self, kind: str, change: int) -> None:
+        self._by_kind[kind] += change
         if self._on_count is not None:
-            self._on_count(self._total)
+            self._on_count(kind, self._by_kind[kind])
 
     @property
     def waiting(self) -> int:

@@ -193,6 +193,9 @@ def test_a_stopping_gateway_ends_its_streams_and_answers_its_waits(stack: Stack)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(client.get, f"/v1/jobs/{job['id']}", headers={"Prefer": "wait=60"})
             time.sleep(0.5)  # the wait is parked
+            metrics = client.get("/metrics").text
+            assert 'diffq_waiters{kind="stream"} 1.0' in metrics  # each counted as what it is
+            assert 'diffq_waiters{kind="wait"} 1.0' in metrics
             stack.stop("gateway", signal.SIGTERM)  # uvicorn re-raises it once shut down: -15
             log = stack.read_log("gateway")
             answer = waiting.result(timeout=30)

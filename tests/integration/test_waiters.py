@@ -300,10 +300,12 @@ async def _false() -> bool:
 
 def test_the_waiters_gauge_follows_places_taken_and_given_back(store: RedisStore) -> None:
     metrics = GatewayMetrics()
-    waiters = Waiters(store, max_per_key=2, max_total=3, on_count=metrics.waiters.set)
+    waiters = Waiters(
+        store, max_per_key=2, max_total=3, on_count=lambda kind, n: metrics.waiters.labels(kind).set(n)
+    )
 
-    def gauge() -> float | None:
-        return metrics.own.get_sample_value("diffq_waiters")
+    def gauge(kind: str = "wait") -> float | None:
+        return metrics.own.get_sample_value("diffq_waiters", {"kind": kind})
 
     assert gauge() == 0
     with waiters.slot("alice"):
@@ -313,12 +315,12 @@ def test_the_waiters_gauge_follows_places_taken_and_given_back(store: RedisStore
             with pytest.raises(TooManyWaiters), waiters.slot("alice"):  # refused: not counted
                 pass
             assert gauge() == 2
-            with waiters.slot("bob"):
-                assert gauge() == 3
+            with waiters.slot("bob", kind="stream"):
+                assert gauge() == 2 and gauge("stream") == 1  # the same bounds, counted apart
                 with pytest.raises(TooManyWaiters), waiters.slot("carol"):  # the process's bound
                     pass
-                assert gauge() == 3
-        assert gauge() == 1
+                assert gauge() == 2 and gauge("stream") == 1
+        assert gauge() == 1 and gauge("stream") == 0
     with pytest.raises(RuntimeError), waiters.slot("bob"):  # a request that fails gives its place back
         assert gauge() == 1
         raise RuntimeError("the request failed while waiting")
@@ -326,13 +328,13 @@ def test_the_waiters_gauge_follows_places_taken_and_given_back(store: RedisStore
 
 
 def waiting_gauge(base: str) -> list[float]:
-    """The ``diffq_waiters`` samples of a scrape (one, unlabelled, when summed over processes)."""
+    """The ``diffq_waiters{kind="wait"}`` samples of a scrape (one, when summed over processes)."""
     text = httpx.get(f"{base}/metrics", headers=auth(ALICE), timeout=5).text
     return [
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "diffq_waiters" and not sample.labels
+        if sample.name == "diffq_waiters" and sample.labels == {"kind": "wait"}
     ]
 
 
